@@ -41,7 +41,9 @@ def _doc(text: str, **kw: Any) -> Any:
 class IOConfig:
     """Reading rasters."""
 
-    chunk_px: int = _doc("Dask chunk size in pixels (square chunks); memory scales with it.", default=2048)
+    chunk_px: int = _doc(
+        "Dask chunk size in pixels (square chunks); memory scales with it.", default=2048
+    )
 
 
 @dataclass(frozen=True)
@@ -184,13 +186,13 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
                 return _coerce(value, arg, name)
             except ConfigError:
                 continue
-        raise ConfigError(None, f"option '{name}' has an invalid value {value!r}", f"Expected {hint}.")
+        raise ConfigError(
+            None, f"option '{name}' has an invalid value {value!r}", f"Expected {hint}."
+        )
     if origin is typing.Literal:
         if value in args:
             return value
-        raise ConfigError(
-            None, f"option '{name}' must be one of {list(args)}, not {value!r}", None
-        )
+        raise ConfigError(None, f"option '{name}' must be one of {list(args)}, not {value!r}", None)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(None, f"option '{name}' must be a list, not {value!r}", None)

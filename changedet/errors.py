@@ -60,7 +60,8 @@ class MissingCRSError(ChangedetError):
         super().__init__(
             source,
             self.default_problem,
-            fix or "Assign one, e.g. `rio edit-info --crs EPSG:32637 FILE` or `gdal_edit.py -a_srs`.",
+            fix
+            or "Assign one, e.g. `rio edit-info --crs EPSG:32637 FILE` or `gdal_edit.py -a_srs`.",
         )
 
 

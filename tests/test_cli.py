@@ -1,0 +1,46 @@
+"""The command line: one-line errors with a non-zero exit, documented subcommands."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from changedet.cli import main
+
+
+def test_main__config_template_prints_every_section(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--template"]) == 0
+    out = capsys.readouterr().out
+    assert "[io]" in out and "chunk_px = 2048" in out
+
+
+def test_main__bad_config_file_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[io]\nbogus = 1\n")
+    assert main(["config", str(p)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert err.startswith("changedet: error:") and "c.toml" in err and "bogus" in err
+
+
+def test_main__demo_on_folder_without_sites(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--tiles", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no site" in err and "changedet sample" in err
+
+
+def test_console_script__no_traceback_on_bad_input(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "changedet.cli", "demo", "--tiles", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "is not a folder" in proc.stderr
