@@ -28,7 +28,9 @@ def test_main__bad_config_file_is_one_line_exit_2(
     assert err.startswith("changedet: error:") and "c.toml" in err and "bogus" in err
 
 
-def test_main__demo_on_folder_without_sites(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_main__demo_on_folder_without_sites(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["demo", "--tiles", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "holds no site" in err and "changedet sample" in err

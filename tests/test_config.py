@@ -24,7 +24,9 @@ def test_updated__returns_new_object_with_change() -> None:
 
 
 def test_updated_dotted__same_as_nested() -> None:
-    assert Config().updated_dotted({"io.chunk_px": 300}) == Config().updated({"io": {"chunk_px": 300}})
+    assert Config().updated_dotted({"io.chunk_px": 300}) == Config().updated(
+        {"io": {"chunk_px": 300}}
+    )
 
 
 def test_updated__unknown_key_lists_valid_ones() -> None:

@@ -46,7 +46,9 @@ def test_environment_yml__same_minimum_versions() -> None:
     for dep in pyproject["project"]["dependencies"]:
         m = re.search(r">=\s*([\w.]+)", dep)
         if m:
-            assert pins.get(_name(dep)) == m.group(1), f"{dep}: environment.yml pins {pins.get(_name(dep))}"
+            assert pins.get(_name(dep)) == m.group(1), (
+                f"{dep}: environment.yml pins {pins.get(_name(dep))}"
+            )
 
 
 def test_pyproject__console_script_points_at_cli_main() -> None:
