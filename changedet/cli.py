@@ -43,6 +43,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+    import math
+
+    from changedet.evaluate import evaluate_run, format_table
+
+    scores = evaluate_run(args.detections, args.truth)
+    if args.json:
+        clean = {
+            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in scores.items()
+        }
+        print(json.dumps(clean, indent=2, sort_keys=True))
+    else:
+        print(format_table(scores))
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from changedet.config import Config
 
@@ -90,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiles", type=Path, default=Path("sample_tiles"), help="folder of sites")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("evaluate", help="score a run's detections against ground truth")
+    p.add_argument("detections", type=Path, help="output folder of `changedet run`")
+    p.add_argument("truth", type=Path, help="truth folder (e.g. sample_tiles/site_01/truth)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (NaN as null)")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("config", help="print the configuration (defaults, or a file's)")
     p.add_argument("--template", action="store_true", help="every parameter, default and meaning")
