@@ -14,6 +14,7 @@ help:
 	@echo "make lint   - ruff check + format check"
 	@echo "make bench  - run the benchmarks (writes benchmarks/RESULTS.md)"
 	@echo "make sample - regenerate sample_tiles/ bit for bit"
+	@echo "make bench-env - set up .venv-bench with AROSICS (co-registration baseline; needs libgdal-dev, apt-installed when root)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "changedet needs Python 3.10 or newer (found %s); set PYTHON=python3.x" % sys.version.split()[0])'
@@ -34,6 +35,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# A separate environment with AROSICS for the co-registration comparison; never a runtime dependency.
+bench-env:
+	bash benchmarks/setup_arosics_env.sh
 
 sample: $(STAMP)
 	$(BIN)/changedet sample --out sample_tiles --preset samples

@@ -15,13 +15,17 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 VENV="${BENCH_VENV:-$REPO/.venv-bench}"
 STAMP="$VENV/.arosics-installed"
-# Bump when this script's install recipe changes, so old venvs get rebuilt.
-RECIPE=1
+# Bump when this script's install recipe changes, so old venvs get re-installed.
+RECIPE=2
+# The stamp also records pyproject.toml's hash: a changed pyproject re-installs changedet (and
+# re-checks arosics); the GDAL build is skipped when the bindings already import.
+PYPROJECT_SHA="$(sha256sum "$REPO/pyproject.toml" | cut -c1-16)"
 
 say() { printf '[bench-env] %s\n' "$*"; }
 die() { printf '[bench-env] ERROR: %s\n' "$*" >&2; exit 1; }
 
 if [[ -f "$STAMP" && "${FORCE:-0}" != 1 ]] && grep -qx "recipe=$RECIPE" "$STAMP" \
+   && grep -qx "pyproject=$PYPROJECT_SHA" "$STAMP" \
    && "$VENV/bin/python" -c 'import arosics, osgeo.gdal, changedet' 2>/dev/null; then
   say "already set up: $VENV ($(tr '\n' ' ' < "$STAMP")); FORCE=1 to rebuild"
   exit 0
@@ -50,14 +54,21 @@ GDAL_VERSION="$(gdal-config --version)"
 say "system GDAL $GDAL_VERSION"
 
 # 2. The venv. GDAL's Python bindings for GDAL < 3.9 do not build against numpy 2, so numpy is
-#    held below 2 there (the project accepts numpy>=1.24).
+#    held below 2 there (the project accepts numpy>=1.24). arosics >= 1.13 needs py_tools_ds
+#    >= 0.23.2, which needs GDAL >= 3.8; holding arosics < 1.13 on an older GDAL (Debian 12 has
+#    3.6.2) spares pip minutes of backtracking through py_tools_ds source releases.
 if [[ "${FORCE:-0}" == 1 ]]; then rm -rf "$VENV"; fi
 if [[ ! -x "$VENV/bin/python" ]]; then
   say "creating $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip --disable-pip-version-check --quiet)
+# pip, quiet, minus the "Location ... is ignored" lines some pip configs (a find-links or index
+# folder that does not exist) print for every package.
+pip_() {
+  "$PY" -m pip --disable-pip-version-check --quiet "$@" \
+    2> >(grep -v "^WARNING: Location '.*' is ignored" >&2)
+}
 
 CONSTRAINTS="$VENV/constraints-arosics.txt"
 {
@@ -67,26 +78,28 @@ import sys
 major, minor = (int(x) for x in sys.argv[1].split(".")[:2])
 if (major, minor) < (3, 9):
     print("numpy<2")
+if (major, minor) < (3, 8):
+    print("arosics<1.13")
 EOF
 } > "$CONSTRAINTS"
 say "constraints: $(tr '\n' ' ' < "$CONSTRAINTS")"
 
 say "installing build prerequisites (pip, setuptools, wheel, numpy)"
-"${PIP[@]}" install --upgrade pip setuptools wheel
-"${PIP[@]}" install -c "$CONSTRAINTS" numpy
+pip_ install --upgrade pip setuptools wheel
+pip_ install -c "$CONSTRAINTS" numpy
 
 # 3. GDAL bindings, built against that numpy (no build isolation, so gdal_array gets numpy).
 if ! "$PY" -c 'from osgeo import gdal_array' 2>/dev/null; then
   say "building GDAL $GDAL_VERSION Python bindings from source (a few minutes)"
-  "${PIP[@]}" install --no-build-isolation --no-cache-dir -c "$CONSTRAINTS" "gdal==$GDAL_VERSION"
+  pip_ install --no-build-isolation --no-cache-dir -c "$CONSTRAINTS" "gdal==$GDAL_VERSION"
 fi
 "$PY" -c 'from osgeo import gdal, gdal_array; print("[bench-env] osgeo.gdal", gdal.__version__, "with numpy support")'
 
 # 4. AROSICS (held to the same GDAL) and changedet itself (editable, so benchmarks import both).
 say "installing arosics"
-"${PIP[@]}" install -c "$CONSTRAINTS" arosics
+pip_ install -c "$CONSTRAINTS" arosics
 say "installing changedet (editable) from $REPO"
-"${PIP[@]}" install -c "$CONSTRAINTS" -e "$REPO"
+pip_ install -c "$CONSTRAINTS" -e "$REPO"
 
 "$PY" - <<'EOF'
 import arosics, numpy, changedet
@@ -96,6 +109,7 @@ EOF
 
 {
   echo "recipe=$RECIPE"
+  echo "pyproject=$PYPROJECT_SHA"
   echo "gdal=$GDAL_VERSION"
   echo "arosics=$("$PY" -c 'import arosics; print(arosics.__version__)')"
 } > "$STAMP"
