@@ -41,6 +41,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600 files; outputs are meant to be shared like any other file.
+    os.chmod(tmp, 0o644)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

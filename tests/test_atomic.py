@@ -39,3 +39,10 @@ def test_sha256_file__matches_hashlib(tmp_path: Path) -> None:
     data = bytes(range(256)) * 5000
     p.write_bytes(data)
     assert sha256_file(p, chunk=1000) == hashlib.sha256(data).hexdigest()
+
+
+def test_atomic_path__output_is_readable_by_others(tmp_path: Path) -> None:
+    target = tmp_path / "shared.txt"
+    with atomic_path(target) as tmp:
+        tmp.write_text("x")
+    assert target.stat().st_mode & 0o044 == 0o044
