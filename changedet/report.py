@@ -44,7 +44,7 @@ def read_preview(
     Returns
     -------
     numpy.ndarray
-        Float array, 2–98 % stretched per band; nodata pixels are NaN.
+        Float array, 1–99 % stretched (one stretch for all bands); nodata pixels are NaN.
 
     Raises
     ------
@@ -100,10 +100,9 @@ def read_preview(
     arr = np.ma.filled(data.astype("float64"), np.nan)
     if np.all(np.isnan(arr)):
         raise NoOverlapError(path, "shows no valid pixel on the grid of the other image", None)
-    out = np.empty_like(arr)
-    for i, band in enumerate(arr):
-        lo, hi = np.nanpercentile(band, [2, 98])
-        out[i] = np.clip((band - lo) / max(hi - lo, 1e-9), 0, 1)
+    # One stretch for all bands keeps colours true (a per-band stretch tints the image).
+    lo, hi = np.nanpercentile(arr, [1, 99])
+    out = np.clip((arr - lo) / max(hi - lo, 1e-9), 0, 1)
     rgb = np.moveaxis(out, 0, -1)
     return rgb if rgb.shape[-1] == 3 else np.repeat(rgb, 3, axis=-1)
 
