@@ -1,0 +1,156 @@
+"""Dark-blob candidates for :mod:`changedet.craters`: a scale-normalised LoG pyramid on one tile.
+
+Scales are crater radii in pixels, ``σ = r / √2`` (the normalised Laplacian of Gaussian of a
+disc of radius ``r`` peaks at that ``σ``). Large scales run on a block-averaged copy of the
+tile (factor ``f``, a power of two with ``σ / f`` in ``[1.6, 3.2)``), so the cost barely grows
+with the largest radius. Block grids are anchored to multiples of ``f`` in *scene* pixels, which
+is why tiles are cut at such multiples: every value a detection depends on is then the same
+whichever tile computed it (see :func:`changedet.craters.detect_craters`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+#: Octave base: scales below ``2 * _SIGMA_BASE`` px run at full resolution.
+_SIGMA_BASE = 1.6
+#: Gaussian kernels are cut at this many standard deviations.
+TRUNCATE = 3.5
+#: The local-texture window (σ = 2 r) is cut shorter.
+LOCAL_TRUNCATE = 2.5
+
+
+@dataclass(frozen=True)
+class Scales:
+    """Radii (px) of the pyramid levels and the block factor each runs at."""
+
+    radii_px: tuple[float, ...]
+    factors: tuple[int, ...]
+
+    @property
+    def max_factor(self) -> int:
+        return max(self.factors) if self.factors else 1
+
+    @property
+    def max_sigma_px(self) -> float:
+        return max(self.radii_px) / math.sqrt(2) if self.radii_px else 0.0
+
+
+def make_scales(r_min_px: float, r_max_px: float, per_octave: int) -> Scales:
+    """Geometric radii from ``r_min_px`` to ``r_max_px`` (both included), ``per_octave`` a doubling."""
+    n = max(1, math.ceil(per_octave * math.log2(r_max_px / r_min_px)) + 1)
+    radii = np.geomspace(r_min_px, r_max_px, n) if n > 1 else np.array([r_min_px])
+    factors = []
+    for r in radii:
+        sigma = r / math.sqrt(2)
+        factors.append(2 ** max(0, math.floor(math.log2(sigma / _SIGMA_BASE))))
+    return Scales(tuple(float(r) for r in radii), tuple(int(f) for f in factors))
+
+
+def block_mean(img: np.ndarray, f: int) -> np.ndarray:
+    """Mean of ``f × f`` blocks; the last partial block is padded with its edge values."""
+    if f == 1:
+        return img
+    ny, nx = img.shape
+    py, px = (-ny) % f, (-nx) % f
+    if py or px:
+        img = np.pad(img, ((0, py), (0, px)), mode="edge")
+    return img.reshape(img.shape[0] // f, f, img.shape[1] // f, f).mean(axis=(1, 3))
+
+
+def find_candidates(
+    lum: np.ndarray, scales: Scales, min_response: float, min_prominence: float
+) -> np.ndarray:
+    """Dark-blob candidates of one tile.
+
+    Parameters
+    ----------
+    lum
+        ``(y, x)`` luminance of the tile with NaN already filled; its origin must be a multiple
+        of ``scales.max_factor`` in scene pixels.
+    scales
+        The pyramid levels.
+    min_response
+        Least normalised LoG response (same units as ``lum``) of a candidate.
+    min_prominence
+        Least ratio of the response to the local standard deviation of ``lum`` in a Gaussian
+        window of ``2 r``: a blob must stand out from the texture around it.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, 5)`` float64 rows ``(row, col, radius_px, response, local_mean)`` in tile pixels
+        (``local_mean``: mean of ``lum`` in a Gaussian window of ``2 r``), after
+        non-maximum suppression across scales: a candidate is dropped when a stronger one lies
+        within half the larger of the two radii.
+    """
+    rows: list[np.ndarray] = []
+    cache: dict[int, np.ndarray] = {}
+    for r, f in zip(scales.radii_px, scales.factors, strict=True):
+        if f not in cache:
+            cache[f] = block_mean(lum, f).astype(np.float32)
+        small = cache[f]
+        sigma = r / math.sqrt(2)
+        # the box average already blurred by (f² - 1) / 12 px²; blur the rest
+        sigma_d = math.sqrt(max(sigma**2 - (f * f - 1) / 12.0, 0.25 * f * f)) / f
+        resp = sigma_d**2 * ndimage.gaussian_laplace(small, sigma_d, truncate=TRUNCATE)
+        peak = ndimage.maximum_filter(resp, size=3, mode="nearest")
+        iy, ix = np.nonzero((resp == peak) & (resp >= min_response))
+        if len(iy) == 0:
+            continue
+        s_loc = 2 * r / f
+        mean = ndimage.gaussian_filter(small, s_loc, truncate=LOCAL_TRUNCATE)
+        var = ndimage.gaussian_filter(small * small, s_loc, truncate=LOCAL_TRUNCATE) - mean * mean
+        sd = np.sqrt(np.maximum(var[iy, ix], 0.0)) + 0.005
+        ok = resp[iy, ix] >= min_prominence * sd
+        iy, ix, local_mean = iy[ok], ix[ok], mean[iy[ok], ix[ok]]
+        if len(iy) == 0:
+            continue
+        out = np.empty((len(iy), 5))
+        out[:, 0] = iy * f + (f - 1) / 2.0
+        out[:, 1] = ix * f + (f - 1) / 2.0
+        out[:, 2] = r
+        out[:, 3] = resp[iy, ix]
+        out[:, 4] = local_mean
+        rows.append(out)
+    if not rows:
+        return np.empty((0, 5))
+    cand = np.concatenate(rows)
+    return suppress(cand[:, :2], cand[:, 2], cand[:, 3], factor=0.5, rows=cand)
+
+
+def suppress(
+    centres: np.ndarray,
+    radii: np.ndarray,
+    strength: np.ndarray,
+    *,
+    factor: float,
+    rows: np.ndarray,
+) -> np.ndarray:
+    """Keep rows with no stronger neighbour closer than ``factor × max(r_i, r_j)``.
+
+    The rule is local (a row is judged against its neighbours only, not against what was kept
+    before), so the result near a tile seam does not depend on where the tile was cut.
+    Ties are broken by position so the result does not depend on row order.
+    """
+    if len(rows) < 2:
+        return rows
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(centres)
+    pairs = tree.query_pairs(factor * float(radii.max()), output_type="ndarray")
+    keep = np.ones(len(rows), bool)
+    if len(pairs):
+        i, j = pairs[:, 0], pairs[:, 1]
+        d = np.hypot(*(centres[i] - centres[j]).T)
+        close = d < factor * np.maximum(radii[i], radii[j])
+        i, j = i[close], j[close]
+        key = np.lexsort((centres[:, 1], centres[:, 0], strength))  # ascending, ties by position
+        rank = np.empty(len(rows), np.int64)
+        rank[key] = np.arange(len(rows))
+        keep[np.where(rank[i] < rank[j], i, j)] = False
+    return rows[keep]

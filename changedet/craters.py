@@ -1,0 +1,584 @@
+"""Find new craters: round, dark depressions with a bright ejecta blanket, absent before.
+
+How a crater looks in 0.3–1 m imagery, and the measurement that tests each trait:
+
+* **a dark bowl** (shadowed walls, disturbed or moist soil) — a dark blob in the luminance,
+  found with a scale-normalised Laplacian of Gaussian pyramid, ``σ = r / √2`` for rim radii
+  ``r`` from ``min_diameter_m / 2`` to ``max_diameter_m / 2`` (``contrast``: bright ring minus
+  dark interior, as a share of the scene's luminance range; ``weber``: the same as a share of
+  the ring's brightness; ``snr``, the same over the background's standard deviation, is
+  reported only: in built-up areas that deviation measures streets and roofs, not noise);
+  blobs must stand out from the texture around them (``min_prominence``);
+* **round, enclosed by a bright rim** — the dark-to-bright rim edge is found along 32 rays; a
+  least-squares circle through the edges gives the centre, and the steepest dark-to-bright
+  rise of the azimuthally averaged profile (corrected for blur) gives the radius
+  (``diameter_m``: the edge of the dark bowl, which is what an analyst measures). ``roundness`` is the ratio
+  of the image Hessian's eigenvalues at the crater's scale (1 for a disc, ≈ 0 for an elongated
+  shadow or a car); ``enclosure`` asks that the ring be brighter than the interior in 7 of its 8
+  sectors (a building shadow is open along its length);
+* **ejecta** — a bright irregular blanket 1–2 radii around the rim: ``ejecta`` compares the ring
+  ``1.15–2 R`` with the background ``2.3–3 R``; soft evidence (old, asphalt or rubble-covered
+  craters show little), but a ring darker than the background (a tree's or wall's cast
+  shadow) counts against;
+* **shaded like a depression** — with the sun azimuth given, the inner wall nearest the sun is
+  in shadow and the far wall lit (a mound, tree or bush is the other way round; a flat cast
+  shadow has no such dipole): ``shading`` in ``(-1, 1)``, positive for a depression, NaN when
+  the sun is unknown (the test is skipped). With the elevation too, the dipole expected at
+  that elevation is required, which rejects moved building and tree shadows;
+* **new** — with a before image, the same rings measured there at the same place: when its
+  dark-interior contrast is below ``max_persistence`` of the after contrast, the crater is
+  ``new``; when a change map is given, the mean change score in the disc must also reach
+  ``min_change_score``.
+
+The evidence is combined into ``score`` in [0, 1] (the product of the ramps in
+:class:`CraterParams`: every trait must hold); detections with ``score >= score_threshold`` are returned.
+
+Large scenes are processed tile by tile (Dask chunks, or ``tile_px`` tiles of an in-memory
+array) with a halo derived from ``max_diameter_m`` and the ground sample distance; a detection
+is kept only by the tile whose core holds its centre, and every measurement is made relative to
+a scene pixel, so the result does not depend on the tiling and a crater on a seam is found once.
+
+Examples
+--------
+>>> import numpy as np
+>>> from changedet.testing import make_raster
+>>> from changedet.craters import detect_craters
+>>> yy, xx = np.mgrid[0:96, 0:96]
+>>> rho = np.hypot(yy - 48, xx - 48)
+>>> img = 100 + 40 * np.exp(-(((rho - 9) / 3) ** 2)) - 50 * (rho < 7)
+>>> found = detect_craters(make_raster(img[None].astype("float32")))
+>>> len(found), round(float(found.diameter_m[0]), 0), bool(found.newness_verified[0])
+(1, 7.0, False)
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from changedet._crater_measure import WINDOW_RADII, measure, ramp, rings, window
+from changedet._crater_scale import LOCAL_TRUNCATE, TRUNCATE, Scales, make_scales, suppress
+from changedet.change import gsd_of
+from changedet.errors import BandMismatchError, ChangedetError
+
+__all__ = ["COLUMNS", "CraterParams", "detect_craters"]
+
+#: Columns of the result, in order (besides ``geometry``).
+COLUMNS = (
+    "id",
+    "x",
+    "y",
+    "diameter_m",
+    "score",
+    "contrast",
+    "weber",
+    "snr",
+    "enclosure",
+    "roundness",
+    "ejecta",
+    "shading",
+    "persistence",
+    "change",
+    "new",
+    "newness_verified",
+    "on",
+)
+#: The smallest crater diameter, in pixels, that can be told from noise.
+_MIN_DIAMETER_PX = 4.0
+
+
+@dataclass(frozen=True)
+class CraterParams:
+    """Parameters of crater detection. Sizes in metres; intensities as shares of the scene range.
+
+    The scene range is the 2–98 % percentile span of the after image's luminance (band mean),
+    taken on a regular sample of the whole scene, so thresholds do not depend on sensor gain.
+    Each ``*_ramp`` is ``(lo, hi)``: evidence scores 0 at or below ``lo`` and 1 at or above
+    ``hi``.
+
+    Attributes
+    ----------
+    min_diameter_m, max_diameter_m
+        Rim-to-rim diameters searched (1.5–25 m: mortar and artillery to large aerial bombs).
+        Diameters below 4 pixels cannot be told from noise and are skipped.
+    scales_per_octave
+        Pyramid levels per doubling of the radius.
+    min_response
+        Least normalised LoG response of a candidate (a share of the scene range); kept low,
+        the measurements decide.
+    min_prominence
+        Least ratio of a candidate's LoG response to the standard deviation of the luminance in
+        a Gaussian window of twice its radius: the dark blob must stand out from the texture
+        around it (an isolated crater reaches 1.5–2.5, background texture rarely exceeds 1).
+    contrast_ramp
+        Ring-minus-interior darkness (share of the scene range). A fresh crater is typically
+        0.1–0.4 of the range darker than its ejecta.
+    weber_ramp
+        The same darkness as a share of the ring's brightness, ``(ring − interior) / ring``
+        (Weber contrast, independent of gain and of the scene's range): a shadowed, disturbed
+        bowl is 25–60 % darker than its ejecta; ground texture and small stones a few per cent.
+    enclosure_ramp
+        Second-weakest ring sector's darkness step over the mean step: a crater's ring is
+        brighter than its interior all around; a shadow is open along its length.
+    roundness_ramp
+        Hessian eigenvalue ratio (small/large) at the crater's scale.
+    ejecta_ramp, ejecta_weight
+        ``(ring − background) / (ring − interior)``: ejecta brighten the ring above the
+        background (fresh craters: 0.1–0.3); a shadow cast by a tree or wall darkens it (< 0).
+        Soft evidence: it scales the score by ``1 - ejecta_weight`` (none or negative) to 1.
+    shading_ramp
+        Depression consistency when the sun azimuth *and elevation* are known, as shares of
+        the dipole expected of a bowl, ``0.6 cos(elevation)`` (the horizontal part of the sun
+        vector; 0.6 holds for depth/diameter ≈ 0.25). A flat dark patch or a cast shadow (no
+        dipole) scores 0, a mound (opposite dipole) 0. Under a very low sun (< 25°) the bowl
+        fills with shadow and loses its dipole: such craters are missed rather than guessed.
+    shading_ramp_no_elevation
+        The same with the azimuth only (absolute ``shading`` values): only a clear mound is
+        rejected; no dipole scores 0.67. Without the azimuth the test is skipped.
+    score_threshold
+        Least ``score`` of a returned detection.
+    max_persistence
+        With a before image: a crater is ``new`` when the before image's ring-minus-interior
+        contrast at the same place is below this share of the after image's.
+    persistence_search
+        The before image is searched for that contrast at the same radius within
+        ``max(1 px, persistence_search × R)`` of the centre (a 3 × 3 grid of offsets), so
+        residual misregistration or a shadow that moved with the sun does not read as new.
+    min_change_score
+        With a change map: the least mean change ``score`` in the disc for ``new``.
+    min_valid
+        Least share of valid (non-NaN) pixels within 3 R of a detection.
+    tile_px
+        Tile size for in-memory arrays (Dask arrays use their own chunks).
+    """
+
+    min_diameter_m: float = 1.5
+    max_diameter_m: float = 25.0
+    scales_per_octave: int = 3
+    min_response: float = 0.015
+    min_prominence: float = 1.2
+    contrast_ramp: tuple[float, float] = (0.03, 0.10)
+    weber_ramp: tuple[float, float] = (0.08, 0.25)
+    enclosure_ramp: tuple[float, float] = (0.0, 0.4)
+    roundness_ramp: tuple[float, float] = (0.2, 0.5)
+    ejecta_ramp: tuple[float, float] = (-0.1, 0.1)
+    ejecta_weight: float = 0.5
+    shading_ramp: tuple[float, float] = (0.25, 0.6)
+    shading_ramp_no_elevation: tuple[float, float] = (-0.2, 0.1)
+    score_threshold: float = 0.5
+    max_persistence: float = 0.5
+    persistence_search: float = 0.25
+    min_change_score: float = 0.1
+    min_valid: float = 0.8
+    tile_px: int = 1024
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_diameter_m < self.max_diameter_m:
+            raise ValueError(
+                f"CraterParams: need 0 < min_diameter_m < max_diameter_m, got "
+                f"{self.min_diameter_m} and {self.max_diameter_m} (metres); swap or fix them"
+            )
+        for name in ("contrast", "weber", "enclosure", "roundness", "ejecta", "shading"):
+            for suffix in ("_ramp", "_ramp_no_elevation") if name == "shading" else ("_ramp",):
+                lo, hi = getattr(self, name + suffix)
+                if not lo < hi:
+                    raise ValueError(f"CraterParams: {name}{suffix} must be (lo, hi) with lo < hi")
+        if not 0 <= self.score_threshold <= 1 or not 0 <= self.ejecta_weight <= 1:
+            raise ValueError("CraterParams: score_threshold and ejecta_weight must lie in [0, 1]")
+        if self.scales_per_octave < 1 or self.tile_px < 64:
+            raise ValueError("CraterParams: scales_per_octave >= 1 and tile_px >= 64 required")
+
+
+def _luminance(raster: xr.DataArray, name: str) -> xr.DataArray:
+    if tuple(raster.dims) != ("band", "y", "x"):
+        raise ChangedetError(name, f"has dims {tuple(raster.dims)}", "Pass a (band, y, x) raster.")
+    return raster.astype("float32").mean("band", skipna=False)
+
+
+def _range_stats(lum: xr.DataArray) -> tuple[float, float, float]:
+    """``(p2, range, median)`` of a regular sample (the same for any chunking)."""
+    ny, nx = lum.shape
+    step = max(1, math.ceil(math.sqrt(ny * nx / 250_000)))
+    sample = np.asarray(lum.data[::step, ::step])
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return 0.0, 1.0, 0.0
+    p2, p98, med = np.percentile(sample, [2, 98, 50])
+    return float(p2), float(max(p98 - p2, 1e-6 * max(abs(p98), 1.0), 1e-12)), float(med)
+
+
+def _axis_step(coord: np.ndarray, fallback: float) -> float:
+    return float(coord[1] - coord[0]) if len(coord) > 1 else fallback
+
+
+def _tiles(n: int, chunks: tuple[int, ...] | None, tile: int) -> list[tuple[int, int]]:
+    sizes = chunks if chunks is not None else [tile] * math.ceil(n / tile)
+    edges = np.concatenate([[0], np.cumsum(sizes)])
+    return [(int(a), int(min(b, n))) for a, b in itertools.pairwise(edges) if a < n]
+
+
+def _detect_tile(
+    after_l: np.ndarray,
+    before_l: np.ndarray | None,
+    change: np.ndarray | None,
+    *,
+    origin: tuple[int, int],
+    core: tuple[int, int, int, int],
+    reach_px: float,
+    stats_a: tuple[float, float, float],
+    stats_b: tuple[float, float, float] | None,
+    scales: Scales,
+    params: CraterParams,
+    sun_px: tuple[float, float] | None,
+    expected_dipole: float | None,
+    d_px: tuple[float, float],
+) -> list[dict[str, Any]]:
+    """Detections of one tile whose centre lies in its core; global integer pixel + offsets."""
+    from changedet._crater_scale import find_candidates
+
+    r0g, c0g = origin
+    lo, rng_, med = stats_a
+    lum = (np.asarray(after_l, np.float64) - lo) / rng_
+    filled = np.where(np.isfinite(lum), lum, (med - lo) / rng_)
+    cand = find_candidates(filled, scales, params.min_response, params.min_prominence)
+    # candidates that can end (after refinement) in the core or next to it
+    y0, y1, x0, x1 = core
+    gy, gx = cand[:, 0] + r0g, cand[:, 1] + c0g
+    near = (
+        (gy >= y0 - reach_px) & (gy < y1 + reach_px) & (gx >= x0 - reach_px) & (gx < x1 + reach_px)
+    )
+    cand = cand[near]
+    lum_b = None
+    if before_l is not None and stats_b is not None:
+        lum_b = (np.asarray(before_l, np.float64) - stats_b[0]) / stats_b[1]
+    p = params
+    found = []
+    offset = lo / rng_  # data value 0 in units of the range
+    for row_f, col_f, r0, resp, local_mean in cand:
+        # cheap screen: a normalised LoG peak is ~0.8 x the interior's darkness; measure only
+        # blobs that can reach the Weber contrast ramp
+        if resp / 0.8 < 0.5 * p.weber_ramp[0] * max(local_mean + offset, 1e-9):
+            continue
+        row, col = int(row_f), int(col_f)  # block centres are integers or .5: floor is stable
+        m = measure(lum, row, col, r0, sun_px=sun_px, noise_floor=0.005)
+        if m is None or m.valid < p.min_valid or m.depth <= 0:
+            continue
+        if math.hypot(m.row + m.dy - row_f, m.col + m.dx - col_f) > r0:
+            continue  # drifted to another blob: that blob has its own candidate
+        if not 0.5 * r0 <= m.radius_px <= 2.0 * r0:
+            continue
+        weber = m.depth / max(m.ring + offset, 1e-9)  # ring and depth back in data units
+        diam_px = 2 * m.radius_px
+        if not d_px[0] / 1.15 <= diam_px <= d_px[1] * 1.15:
+            continue
+        parts = [
+            ramp(m.depth, *p.contrast_ramp),
+            ramp(weber, *p.weber_ramp),
+            ramp(m.enclosure, *p.enclosure_ramp),
+            ramp(m.roundness, *p.roundness_ramp),
+            1 - p.ejecta_weight + p.ejecta_weight * ramp(m.ejecta, *p.ejecta_ramp),
+        ]
+        if sun_px is not None and np.isfinite(m.shading):
+            if expected_dipole is not None:
+                lo_s, hi_s = p.shading_ramp
+                parts.append(ramp(m.shading, lo_s * expected_dipole, hi_s * expected_dipole))
+            else:
+                parts.append(ramp(m.shading, *p.shading_ramp_no_elevation))
+        score = float(np.prod(parts))
+        if score < p.score_threshold:
+            continue
+        rec: dict[str, Any] = {
+            "row": m.row + r0g,
+            "col": m.col + c0g,
+            "dy": m.dy,
+            "dx": m.dx,
+            "radius_px": m.radius_px,
+            "score": score,
+            "contrast": m.depth,
+            "weber": weber,
+            "snr": m.contrast_snr,
+            "enclosure": m.enclosure,
+            "roundness": m.roundness,
+            "ejecta": m.ejecta,
+            "shading": m.shading,
+            "persistence": math.nan,
+            "change": math.nan,
+            "new": None,
+            "newness_verified": False,
+        }
+        half = math.ceil(WINDOW_RADII * m.radius_px) + 2
+        if change is not None:
+            cw = window(np.asarray(change, np.float64), m.row, m.col, half)
+            yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+            disc = np.hypot(yy - m.dy, xx - m.dx) < 1.5 * m.radius_px
+            vals = cw[disc]
+            vals = vals[np.isfinite(vals)]
+            rec["change"] = float(vals.mean()) if vals.size else math.nan
+        if lum_b is not None:
+            # the darkest matching bowl near the same place in the before image: residual
+            # misregistration and shadows that moved with the sun must not make a blob "new"
+            reach_b = max(1.0, p.persistence_search * m.radius_px)
+            wb = window(lum_b, m.row, m.col, half + math.ceil(reach_b))
+            depths = []
+            for oy, ox in itertools.product((-reach_b, 0.0, reach_b), repeat=2):
+                st = rings(wb, m.dy + oy, m.dx + ox, m.radius_px, None)
+                if st["valid"] >= p.min_valid and np.isfinite(st["depth"]):
+                    # an enclosed dark blob, not the side of a road or a roof edge
+                    depths.append(st["depth"] * ramp(st["enclosure"], *p.enclosure_ramp))
+            if depths:
+                persistence = max(max(depths), 0.0) / m.depth
+                rec["persistence"] = persistence
+                new = persistence < p.max_persistence
+                if change is not None:
+                    new = new and bool(rec["change"] >= p.min_change_score)
+                rec["new"] = bool(new)
+                rec["newness_verified"] = True
+        found.append(rec)
+    if not found:
+        return []
+    # non-maximum suppression: a weaker detection whose centre lies within a stronger one's rim
+    arr = np.array(
+        [[f["row"] + f["dy"], f["col"] + f["dx"], f["radius_px"], f["score"]] for f in found]
+    )
+    idx = np.arange(len(found), dtype=np.float64)
+    kept = suppress(arr[:, :2], arr[:, 2], arr[:, 3], factor=1.0, rows=idx[:, None])
+    out = []
+    for k in kept[:, 0].astype(int):
+        f = found[k]
+        if y0 <= f["row"] < y1 and x0 <= f["col"] < x1:
+            out.append(f)
+    return out
+
+
+def _on_what(points: gpd.GeoSeries, footprints: Any) -> list[str]:
+    if footprints is None or len(points) == 0:
+        return ["ground"] * len(points)
+    fp = (
+        footprints
+        if isinstance(footprints, gpd.GeoDataFrame | gpd.GeoSeries)
+        else gpd.read_file(footprints)
+    )
+    if fp.crs is not None and points.crs is not None and fp.crs != points.crs:
+        fp = fp.to_crs(points.crs)
+    geoms = gpd.GeoSeries(fp.geometry.values, crs=points.crs)
+    hit = gpd.GeoDataFrame(geometry=points.reset_index(drop=True)).sjoin(
+        gpd.GeoDataFrame(geometry=geoms), how="left", predicate="within"
+    )
+    inside = hit.groupby(level=0)["index_right"].apply(lambda s: s.notna().any())
+    return ["building" if inside.get(i, False) else "ground" for i in range(len(points))]
+
+
+def _empty(crs: Any) -> gpd.GeoDataFrame:
+    cols: dict[str, Any] = {c: pd.Series(dtype="float64") for c in COLUMNS}
+    cols["id"] = pd.Series(dtype="int64")
+    cols["new"] = pd.Series(dtype="object")
+    cols["newness_verified"] = pd.Series(dtype="bool")
+    cols["on"] = pd.Series(dtype="object")
+    return gpd.GeoDataFrame(cols, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
+
+
+def detect_craters(
+    after: xr.DataArray,
+    before: xr.DataArray | None = None,
+    *,
+    change: xr.Dataset | xr.DataArray | None = None,
+    params: CraterParams | None = None,
+    sun_azimuth_deg: float | None = None,
+    sun_elevation_deg: float | None = None,
+    footprints: gpd.GeoDataFrame | gpd.GeoSeries | str | None = None,
+    gsd_m: float | None = None,
+) -> gpd.GeoDataFrame:
+    """Detect craters in the after image and tell which are new.
+
+    Parameters
+    ----------
+    after
+        ``(band, y, x)`` raster, NaN for nodata, with a projected CRS (metres) via ``.rio``.
+        Dask-backed rasters are processed chunk by chunk (memory bounded by a chunk and its halo).
+    before
+        The before image on the same grid (co-registered and radiometrically normalised), or
+        ``None`` for single-image mode: every detection then has ``new=None`` and
+        ``newness_verified=False``.
+    change
+        The output of :func:`changedet.change.change_scores` (its ``score`` is used) or a
+        ``(y, x)`` score map; optional extra evidence for ``new``.
+    params
+        :class:`CraterParams`; defaults when omitted.
+    sun_azimuth_deg
+        Sun azimuth of the after image, degrees clockwise from north (``scene.json`` or the
+        image metadata). ``None`` skips the shading test (``shading`` is NaN).
+    sun_elevation_deg
+        Sun elevation of the after image, degrees. With it the shading test asks for the
+        dipole a bowl shows at that elevation (rejecting flat cast shadows); without it only a
+        mound-like dipole is rejected.
+    footprints
+        Building footprint polygons (GeoDataFrame, GeoSeries or a path); a detection whose
+        centre lies inside one has ``on="building"``, else ``"ground"``.
+    gsd_m
+        Ground sample distance in metres; read from the raster's transform when omitted.
+
+    Returns
+    -------
+    geopandas.GeoDataFrame
+        One row per crater in the scene CRS, sorted by ``y`` then ``x`` (``id`` follows that
+        order): ``geometry`` (centre point), ``x``, ``y``, ``diameter_m``, ``score``,
+        ``contrast``, ``snr``, ``enclosure``, ``roundness``, ``ejecta``, ``shading``,
+        ``persistence`` (before contrast / after contrast), ``change`` (mean change score in
+        1.5 R), ``new``, ``newness_verified``, ``on``. Empty (same columns and CRS) when none.
+
+    Raises
+    ------
+    BandMismatchError
+        When ``before`` has a different band count.
+    ChangedetError
+        When the rasters are not ``(band, y, x)`` or not on the same grid.
+    ValueError
+        When the ground sample distance cannot be told (pass ``gsd_m``) or parameters are invalid.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from changedet.testing import make_raster
+    >>> yy, xx = np.mgrid[0:96, 0:96]
+    >>> rho = np.hypot(yy - 40, xx - 50)
+    >>> after = 100 + 40 * np.exp(-(((rho - 9) / 3) ** 2)) - 50 * (rho < 7)
+    >>> before = np.full_like(after, 100.0)
+    >>> found = detect_craters(make_raster(after[None]), make_raster(before[None]))
+    >>> found.new[0], bool(found.newness_verified[0]), found.on[0]
+    (True, True, 'ground')
+    """
+    params = params or CraterParams()
+    after_l = _luminance(after, str(after.name or "after"))
+    before_l = None
+    if before is not None:
+        if before.sizes.get("band") != after.sizes.get("band"):
+            raise BandMismatchError(
+                before.name or "before",
+                f"has {before.sizes.get('band')} bands, after has {after.sizes.get('band')}",
+                "Select the same bands in both images.",
+            )
+        before_l = _luminance(before, str(before.name or "before"))
+        if before_l.shape != after_l.shape:
+            raise ChangedetError(
+                before.name or "before",
+                f"is {before_l.shape[0]}×{before_l.shape[1]} px, after is "
+                f"{after_l.shape[0]}×{after_l.shape[1]} px",
+                "Put both on one grid first (changedet.align, then changedet.coregister).",
+            )
+    change_map = change["score"] if isinstance(change, xr.Dataset) else change
+    if change_map is not None and tuple(change_map.shape) != tuple(after_l.shape):
+        raise ChangedetError(
+            "change", "is not on the after image's grid", "Compute it from this pair."
+        )
+    crs = after.rio.crs if hasattr(after, "rio") else None
+    if gsd_m is None:
+        if crs is not None and crs.is_geographic:
+            raise ValueError(
+                "after: CRS is geographic (degrees); reproject to a metric CRS or pass gsd_m"
+            )
+        gsd_m = gsd_of(after)
+    gsd = float(gsd_m)
+
+    d_min_px = max(params.min_diameter_m / gsd, _MIN_DIAMETER_PX)
+    d_max_px = params.max_diameter_m / gsd
+    if d_min_px >= d_max_px:
+        warnings.warn(
+            f"craters of {params.min_diameter_m}-{params.max_diameter_m} m are under "
+            f"{_MIN_DIAMETER_PX:g} px at {gsd:g} m per pixel and cannot be resolved; none searched",
+            UserWarning,
+            stacklevel=2,
+        )
+        return _empty(crs)
+    scales = make_scales(d_min_px / 2, d_max_px / 2, params.scales_per_octave)
+    r_max = d_max_px / 2 * 1.15
+    reach = 2.2 * r_max + 2  # a candidate this far from the core can still matter to it
+    need = max(
+        WINDOW_RADII * 1.6 * d_max_px / 2 + 3,
+        TRUNCATE * scales.max_sigma_px + 2 * scales.max_factor,
+        LOCAL_TRUNCATE * d_max_px + 2 * scales.max_factor,
+    )
+    halo = math.ceil(reach + need)
+
+    stats_a = _range_stats(after_l)
+    stats_b = _range_stats(before_l) if before_l is not None else None
+    sun_px = None
+    expected_dipole = None
+    if sun_azimuth_deg is not None and sun_elevation_deg is not None:
+        if not 0 < float(sun_elevation_deg) <= 90:
+            raise ValueError(f"sun_elevation_deg must lie in (0, 90], not {sun_elevation_deg}")
+        expected_dipole = 0.6 * math.cos(math.radians(float(sun_elevation_deg)))
+    if sun_azimuth_deg is not None:
+        az = math.radians(float(sun_azimuth_deg))
+        sx = math.copysign(1.0, _axis_step(np.asarray(after_l.x), 1.0))
+        sy = math.copysign(1.0, _axis_step(np.asarray(after_l.y), -1.0))
+        sun_px = (math.sin(az) * sx, math.cos(az) * sy)
+
+    ny, nx = after_l.shape
+    lazy = not isinstance(after_l.data, np.ndarray)
+    chunks = after_l.data.chunks if lazy else (None, None)
+    fmax = scales.max_factor
+    kw = {
+        "reach_px": reach,
+        "stats_a": stats_a,
+        "stats_b": stats_b,
+        "scales": scales,
+        "params": params,
+        "sun_px": sun_px,
+        "expected_dipole": expected_dipole,
+        "d_px": (d_min_px, d_max_px),
+    }
+    tasks = []
+    for ya, yb in _tiles(ny, chunks[0], params.tile_px):
+        for xa, xb in _tiles(nx, chunks[1], params.tile_px):
+            sy0 = max(0, (ya - halo) // fmax * fmax)
+            sx0 = max(0, (xa - halo) // fmax * fmax)
+            sl = (slice(sy0, min(ny, yb + halo)), slice(sx0, min(nx, xb + halo)))
+            args = [
+                after_l.data[sl],
+                None if before_l is None else before_l.data[sl],
+                None if change_map is None else change_map.data[sl],
+            ]
+            tile_kw = {"origin": (sy0, sx0), "core": (ya, yb, xa, xb), **kw}
+            tasks.append((args, tile_kw))
+    lazy = lazy or any(
+        x is not None and not isinstance(x.data, np.ndarray) for x in (before_l, change_map)
+    )
+    if lazy:
+        import dask
+
+        results = dask.compute(*[dask.delayed(_detect_tile)(*a, **k) for a, k in tasks])
+    else:
+        results = [
+            _detect_tile(*(None if x is None else np.asarray(x) for x in a), **k) for a, k in tasks
+        ]
+    rows = [r for res in results for r in res]
+    if not rows:
+        return _empty(crs)
+
+    xs, ys = np.asarray(after_l.x, np.float64), np.asarray(after_l.y, np.float64)
+    dx = _axis_step(xs, gsd)
+    dy = _axis_step(ys, -gsd)
+    recs = pd.DataFrame(rows)
+    recs["x"] = xs[0] + (recs["col"] + recs["dx"]) * dx
+    recs["y"] = ys[0] + (recs["row"] + recs["dy"]) * dy
+    recs["diameter_m"] = 2 * recs["radius_px"] * gsd
+    recs = recs.sort_values(["y", "x"], kind="mergesort").reset_index(drop=True)
+    recs["id"] = np.arange(len(recs), dtype=np.int64)
+    points = gpd.GeoSeries(gpd.points_from_xy(recs["x"], recs["y"]), crs=crs)
+    recs["on"] = _on_what(points, footprints)
+    recs["new"] = recs["new"].astype("object")
+    recs["newness_verified"] = recs["newness_verified"].astype(bool)
+    out = gpd.GeoDataFrame(recs[list(COLUMNS)], geometry=points, crs=crs)
+    out.attrs["crater_params"] = asdict(params)
+    out.attrs["gsd_m"] = gsd
+    out.attrs["sun_azimuth_deg"] = sun_azimuth_deg
+    out.attrs["sun_elevation_deg"] = sun_elevation_deg
+    return out
