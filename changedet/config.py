@@ -25,7 +25,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from changedet.errors import ConfigError
 
@@ -47,10 +47,86 @@ class IOConfig:
 
 
 @dataclass(frozen=True)
+class AlignConfig:
+    """Putting the after image on the before image's grid."""
+
+    resampling: Literal["nearest", "bilinear", "cubic", "lanczos"] = _doc(
+        "Resampling used when the after image must be reprojected onto the before grid.",
+        default="cubic",
+    )
+    min_overlap_px: int = _doc(
+        "Smallest common valid extent (pixels, each side) accepted; below it the pair is refused.",
+        default=256,
+    )
+    bands: Literal["strict", "common"] = _doc(
+        "Different band counts: 'strict' refuses the pair, 'common' uses the first N common bands.",
+        default="strict",
+    )
+
+
+@dataclass(frozen=True)
+class CoregisterConfig:
+    """Sub-pixel co-registration of the after image onto the before image."""
+
+    method: Literal["global", "local"] = _doc(
+        "'global': one translation from a sample of windows; 'local': a tie-point grid.",
+        default="local",
+    )
+    model: Literal["translation", "affine", "field"] = _doc(
+        "Model fitted to the local tie points: one shift, an affine, or affine + smooth field.",
+        default="affine",
+    )
+    window_px: int = _doc("Correlation window size in pixels (square).", default=256)
+    step_px: int = _doc(
+        "Tie-point grid spacing in pixels (local method); reduced on small scenes so that at "
+        "least 8 windows fit along the shorter side.",
+        default=512,
+    )
+    global_windows: int = _doc("Number of sample windows of the global estimate.", default=25)
+    max_shift_px: int = _doc(
+        "Largest displacement (pixels) a window may have relative to the global estimate.",
+        default=32,
+    )
+    iterations: int = _doc(
+        "Re-measurements of each window after resampling at the current estimate.", default=3
+    )
+    min_reliability: float = _doc(
+        "Tie points whose correlation peak reliability (1 - second peak / peak) is lower are "
+        "rejected.",
+        default=0.3,
+    )
+    min_valid_fraction: float = _doc(
+        "Windows with a smaller share of valid (non-nodata) pixels are rejected.", default=0.9
+    )
+    ransac_threshold_px: float = _doc("RANSAC inlier distance in pixels.", default=1.0)
+    mad_k: float = _doc("Outlier cut after RANSAC: median + k x MAD of residuals.", default=3.5)
+    min_tie_points: int = _doc("Quality gate: fewest kept tie points.", default=6)
+    min_kept_fraction: float = _doc(
+        "Quality gate: smallest kept share of measured windows.", default=0.3
+    )
+    max_rmse_px: float = _doc(
+        "Quality gate: largest residual RMSE of kept tie points (px).", default=0.5
+    )
+    on_fail: Literal["raise", "flag"] = _doc(
+        "When the quality gate fails: 'raise' a CoregistrationError, or 'flag' the pair and go on.",
+        default="flag",
+    )
+    batch_windows: int = _doc(
+        "Windows measured per batch; batches run in parallel threads (bounds memory).", default=32
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole pipeline's parameters, one section per stage."""
 
     io: IOConfig = _doc("Reading rasters.", default_factory=IOConfig)
+    align: AlignConfig = _doc(
+        "Putting the after image on the before grid.", default_factory=AlignConfig
+    )
+    coregister: CoregisterConfig = _doc(
+        "Sub-pixel co-registration.", default_factory=CoregisterConfig
+    )
 
     # ------------------------------------------------------------------ construction
     def updated(self, changes: Mapping[str, Any]) -> Config:

@@ -68,7 +68,7 @@ def test_from_file__error_names_the_file(tmp_path: Path) -> None:
 def test_from_file__unparsable(tmp_path: Path) -> None:
     p = tmp_path / "bad.toml"
     p.write_text("[io\n")
-    with pytest.raises(ConfigError, match="bad.toml: cannot be parsed"):
+    with pytest.raises(ConfigError, match=r"bad\.toml: cannot be parsed"):
         Config.from_file(p)
 
 

@@ -1,0 +1,508 @@
+"""Read rasters lazily and write every output atomically.
+
+Reading
+-------
+:func:`open_raster` opens a GeoTIFF / COG / JPEG 2000 (anything GDAL reads), or a list of tiles
+that form a mosaic, as a lazily-read ``xarray.DataArray`` with dims ``(band, y, x)``, Dask chunks
+and a CRS.
+
+- **Nodata convention**: values are ``float32`` and nodata is ``NaN`` (from the file's nodata value
+  or its internal mask, via ``masked=True``). The valid mask is ``da.notnull()``; a pixel that is
+  NaN in any band counts as nodata downstream. ``float32`` holds every ``uint8``/``uint16``/
+  ``int16`` value exactly.
+- **Mosaics**: a list of tiles on one grid (same CRS, same pixel size, origins a whole number of
+  pixels apart) is read through a GDAL VRT written to a private temporary folder. It stays lazy
+  (GDAL reads only the tiles a chunk touches), unlike ``rioxarray.merge`` which is eager; tiles on
+  different grids must be aligned first (:func:`changedet.align.align_to`).
+- Reads are lock-free (``lock=False``: every read opens its own handle), so threads read chunks in
+  parallel.
+- A file that is missing, unreadable, or truncated (a GeoTIFF whose blocks run past the end of the
+  file) raises :class:`~changedet.errors.UnreadableFileError` naming the file.
+
+Writing
+-------
+:func:`write_cog` writes a Cloud-Optimized GeoTIFF blockwise from Dask (memory bounded by the
+chunk size) into a temporary tiled GeoTIFF, then translates it with GDAL's ``COG`` driver
+(overviews, deflate); the final name appears only when complete (:func:`changedet._atomic.atomic_path`).
+:func:`write_geojson` (EPSG:4326), :func:`write_gpkg` (scene CRS) and :func:`write_csv` are atomic too.
+
+Examples
+--------
+>>> import tempfile, pathlib
+>>> from changedet.testing import make_raster
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> src = make_raster(np.arange(64, dtype="float32").reshape(1, 8, 8))
+>>> _ = write_cog(src, d / "a.tif")
+>>> da = open_raster(d / "a.tif")
+>>> da.dims, da.dtype.name, da.rio.crs.to_epsg()
+(('band', 'y', 'x'), 'float32', 32637)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+import numpy as np
+import rasterio
+import rioxarray
+import xarray as xr
+
+from changedet._atomic import atomic_path
+from changedet.errors import MissingCRSError, UnreadableFileError
+
+__all__ = [
+    "open_raster",
+    "read_footprints",
+    "read_vector",
+    "write_cog",
+    "write_csv",
+    "write_geojson",
+    "write_gpkg",
+    "write_vector",
+]
+
+PathLike = str | os.PathLike[str]
+
+_VRT_DIR: Path | None = None
+
+
+def _check_readable(path: Path) -> None:
+    """Open ``path`` with rasterio and check it is complete; raise UnreadableFileError if not."""
+    if not path.exists():
+        raise UnreadableFileError(path, "file not found", "Check the path.")
+    try:
+        with rasterio.open(path) as src:
+            size = path.stat().st_size
+            if src.driver == "GTiff":
+                _check_tiff_blocks(src, size, path)
+            # read the last block of the last band: fails on most truncations of other formats
+            h, w = src.block_shapes[0]
+            win = rasterio.windows.Window(
+                max(src.width - w, 0), max(src.height - h, 0), min(w, src.width), min(h, src.height)
+            )
+            src.read(src.count, window=win)
+    except UnreadableFileError:
+        raise
+    except Exception as exc:
+        raise UnreadableFileError(
+            path,
+            f"cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+            "The file is missing, truncated or not a raster GDAL reads; re-download or re-export it.",
+        ) from None
+
+
+def _check_tiff_blocks(src: Any, size: int, path: Path) -> None:
+    """Every block's offset + byte count must lie inside the file (cheap TIFF tag check)."""
+    h, w = src.block_shapes[0]
+    nby = -(-src.height // h)
+    nbx = -(-src.width // w)
+    if nbx * nby * src.count > 100_000:
+        nb = [(nbx - 1, nby - 1)]
+    else:
+        nb = [(i, j) for j in range(nby) for i in range(nbx)]
+    for band in range(1, src.count + 1):
+        for i, j in nb:
+            off = src.get_tag_item(f"BLOCK_OFFSET_{i}_{j}", "TIFF", bidx=band)
+            cnt = src.get_tag_item(f"BLOCK_SIZE_{i}_{j}", "TIFF", bidx=band)
+            if off is None or cnt is None:
+                return
+            if int(off) + int(cnt) > size:
+                raise UnreadableFileError(
+                    path,
+                    f"is truncated: block ({i}, {j}) of band {band} ends at byte "
+                    f"{int(off) + int(cnt)} but the file has {size} bytes",
+                    "Re-download or re-export the file.",
+                )
+
+
+def _vrt_dir() -> Path:
+    global _VRT_DIR
+    if _VRT_DIR is None:
+        _VRT_DIR = Path(tempfile.mkdtemp(prefix="changedet-vrt-"))
+    return _VRT_DIR
+
+
+def build_mosaic_vrt(paths: Sequence[PathLike]) -> Path:
+    """Write a VRT that mosaics ``paths`` (tiles on one grid) and return its path.
+
+    The VRT lives in a private temporary folder (inputs are never touched). Tiles must share CRS,
+    pixel size, band count and data type, and their origins must lie a whole number of pixels
+    apart; where tiles overlap, the later one wins.
+
+    Raises
+    ------
+    UnreadableFileError, MissingCRSError
+        For an unreadable tile or one without CRS.
+    ValueError
+        Via :class:`~changedet.errors.ChangedetError` subclasses when tiles are not on one grid.
+    """
+    from changedet.errors import BandMismatchError, NoOverlapError
+
+    infos = []
+    for p in paths:
+        p = Path(p)
+        _check_readable(p)
+        with rasterio.open(p) as src:
+            if src.crs is None:
+                raise MissingCRSError(p)
+            infos.append(
+                (
+                    p,
+                    src.crs,
+                    src.transform,
+                    src.width,
+                    src.height,
+                    src.count,
+                    src.dtypes[0],
+                    src.nodata,
+                )
+            )
+    p0, crs0, t0, *_, count0, dtype0, nodata0 = infos[0]
+    xs, ys = [], []
+    for p, crs, t, w, h, count, dtype, _nd in infos:
+        if crs != crs0 or not np.allclose([t.a, t.e, t.b, t.d], [t0.a, t0.e, t0.b, t0.d]):
+            raise NoOverlapError(
+                p,
+                f"tile is not on the grid of {p0.name} (CRS or pixel size differ)",
+                "Reproject the tiles to one grid first (changedet.align.align_to).",
+            )
+        if count != count0 or dtype != dtype0:
+            raise BandMismatchError(
+                p,
+                f"tile has {count} bands of {dtype}, {p0.name} has {count0} of {dtype0}",
+                "Use tiles from one product.",
+            )
+        ox, oy = (t.c - t0.c) / t0.a, (t.f - t0.f) / t0.e
+        if abs(ox - round(ox)) > 1e-3 or abs(oy - round(oy)) > 1e-3:
+            raise NoOverlapError(
+                p,
+                "tile origin is not a whole number of pixels from the first tile's",
+                "Resample the tiles to one grid first.",
+            )
+        xs += [round(ox), round(ox) + w]
+        ys += [round(oy), round(oy) + h]
+    x0, y0 = min(xs), min(ys)
+    width, height = max(xs) - x0, max(ys) - y0
+    gt = (t0.c + x0 * t0.a, t0.a, 0.0, t0.f + y0 * t0.e, 0.0, t0.e)
+    gdal_type = {
+        "uint8": "Byte",
+        "uint16": "UInt16",
+        "int16": "Int16",
+        "uint32": "UInt32",
+        "int32": "Int32",
+        "float32": "Float32",
+        "float64": "Float64",
+    }[dtype0]
+    lines = [
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
+        f"  <SRS>{escape(crs0.to_wkt())}</SRS>",
+        f"  <GeoTransform>{', '.join(repr(v) for v in gt)}</GeoTransform>",
+    ]
+    for b in range(1, count0 + 1):
+        lines.append(f'  <VRTRasterBand dataType="{gdal_type}" band="{b}">')
+        if nodata0 is not None:
+            lines.append(f"    <NoDataValue>{nodata0!r}</NoDataValue>")
+        for p, _crs, t, w, h, *_ in infos:
+            ox, oy = round((t.c - t0.c) / t0.a) - x0, round((t.f - t0.f) / t0.e) - y0
+            lines += [
+                "    <ComplexSource>",
+                f'      <SourceFilename relativeToVRT="0">{escape(str(Path(p).resolve()))}</SourceFilename>',
+                f"      <SourceBand>{b}</SourceBand>",
+                f'      <SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>',
+                f'      <DstRect xOff="{ox}" yOff="{oy}" xSize="{w}" ySize="{h}"/>',
+            ]
+            if nodata0 is not None:
+                lines.append(f"      <NODATA>{nodata0!r}</NODATA>")
+            lines.append("    </ComplexSource>")
+        lines.append("  </VRTRasterBand>")
+    lines.append("</VRTDataset>")
+    fd, name = tempfile.mkstemp(suffix=".vrt", dir=_vrt_dir())
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines))
+    return Path(name)
+
+
+def open_raster(
+    path: PathLike | Sequence[PathLike],
+    *,
+    chunks: int | None = 2048,
+    require_crs: bool = True,
+    name: str | None = None,
+    nodata: float | None = None,
+) -> xr.DataArray:
+    """Open a raster (or a mosaic of tiles) lazily as a float32 ``(band, y, x)`` DataArray.
+
+    Parameters
+    ----------
+    path
+        A file GDAL reads (GeoTIFF, COG, JPEG 2000, VRT, ...) or a list of tiles on one grid.
+    chunks
+        Square Dask chunk size in pixels (all bands in one chunk); ``None`` reads eagerly.
+    require_crs
+        Raise :class:`MissingCRSError` when the file has no CRS.
+    name
+        Name of the DataArray (defaults to the file name); used in error messages downstream.
+    nodata
+        A nodata value to use when the file declares none (e.g. ``0`` for a JPEG 2000 whose
+        border is filled with zeros); pixels equal to it become NaN.
+
+    Returns
+    -------
+    xarray.DataArray
+        float32, nodata as NaN, with ``.rio`` CRS/transform; ``attrs["source"]`` holds the path(s).
+
+    Raises
+    ------
+    UnreadableFileError
+        Missing, unreadable or truncated file.
+    MissingCRSError
+        No CRS and ``require_crs``.
+
+    Examples
+    --------
+    >>> from changedet.testing import make_raster
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.tif"
+    >>> _ = write_cog(make_raster(np.ones((1, 4, 4), "float32")), p)
+    >>> open_raster(p, chunks=2).chunks
+    ((1,), (2, 2), (2, 2))
+    """
+    if isinstance(path, (str, os.PathLike)):
+        sources = [Path(path)]
+        src_path = Path(path)
+        _check_readable(src_path)
+    else:
+        sources = [Path(p) for p in path]
+        if not sources:
+            raise UnreadableFileError(None, "empty list of tiles", "Give at least one file.")
+        src_path = build_mosaic_vrt(sources) if len(sources) > 1 else sources[0]
+        if len(sources) == 1:
+            _check_readable(src_path)
+    label = name or (
+        sources[0].name
+        if len(sources) == 1
+        else f"mosaic of {len(sources)} tiles ({sources[0].name}, ...)"
+    )
+    with rasterio.open(src_path) as src:
+        if require_crs and src.crs is None:
+            raise MissingCRSError(sources[0] if len(sources) == 1 else label)
+        nbands = src.count
+    chunk_arg: Any = None if chunks is None else {"band": nbands, "y": chunks, "x": chunks}
+    try:
+        da = rioxarray.open_rasterio(src_path, chunks=chunk_arg, masked=True, lock=False)
+    except Exception as exc:  # pragma: no cover - _check_readable catches nearly all
+        raise UnreadableFileError(src_path, f"cannot be read ({exc})", None) from None
+    assert isinstance(da, xr.DataArray)
+    if da.dtype != np.float32:
+        da = da.astype(np.float32)
+    if nodata is not None:
+        da = da.where(da != np.float32(nodata))
+        da = da.rio.write_nodata(np.nan, encoded=False)
+    da.name = label
+    da.attrs["source"] = [str(s) for s in sources] if len(sources) > 1 else str(sources[0])
+    return da
+
+
+# ---------------------------------------------------------------------------- writers
+
+
+def write_cog(
+    da: xr.DataArray,
+    path: PathLike,
+    *,
+    nodata: float | None = None,
+    compress: str = "DEFLATE",
+    blocksize: int = 512,
+    overwrite: bool = True,
+) -> Path:
+    """Write ``da`` (``(band, y, x)`` or ``(y, x)``, Dask or numpy) as a COG, atomically.
+
+    Written blockwise from Dask (chunks re-aligned to whole ``blocksize`` tiles) into a temporary
+    uncompressed tiled GeoTIFF (one writer thread at a time, via a lock), then translated with GDAL's ``COG`` driver (overviews, ``compress``). Float data keep
+    NaN as nodata unless ``nodata`` is given.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from changedet.testing import make_raster
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.tif"
+    >>> _ = write_cog(make_raster(np.zeros((1, 600, 600), "float32")), p)
+    >>> import rasterio; rasterio.open(p).overviews(1)
+    [2]
+    """
+    import rasterio.shutil
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        from changedet.errors import OutputExistsError
+
+        raise OutputExistsError(path, "file exists", "Pass overwrite=True or pick another name.")
+    if da.rio.crs is None:
+        raise MissingCRSError(da.name, "Set one with `da.rio.write_crs(...)` before writing.")
+    out = da
+    if np.issubdtype(out.dtype, np.floating):
+        out = out.rio.write_nodata(np.nan if nodata is None else nodata, encoded=False)
+        if nodata is not None:
+            out = out.fillna(nodata)
+    elif nodata is not None:
+        out = out.rio.write_nodata(nodata)
+    with atomic_path(path) as final_tmp:
+        fd, tmp_name = tempfile.mkstemp(suffix=".tif", dir=path.parent, prefix=f".{path.name}.")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            if out.chunks is not None:
+                # chunks aligned to whole blocks: no block is written twice (no re-compression)
+                ny, nx = out.shape[-2:]
+                side = max(blocksize, (max(out.data.chunksize[-2:]) // blocksize) * blocksize)
+                out = out.chunk({out.dims[-2]: min(side, ny), out.dims[-1]: min(side, nx)})
+            out.rio.to_raster(
+                tmp,
+                tiled=True,
+                blockxsize=blocksize,
+                blockysize=blocksize,
+                lock=threading.Lock(),
+                BIGTIFF="IF_SAFER",
+            )
+            rasterio.shutil.copy(
+                tmp,
+                final_tmp,
+                driver="COG",
+                COMPRESS=compress,
+                BLOCKSIZE=blocksize,
+                OVERVIEWS="AUTO",
+                BIGTIFF="IF_SAFER",
+            )
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_geojson(gdf: Any, path: PathLike) -> Path:
+    """Write a GeoDataFrame as GeoJSON in EPSG:4326 (RFC 7946), atomically.
+
+    Examples
+    --------
+    >>> import geopandas as gpd, shapely, tempfile, pathlib
+    >>> g = gpd.GeoDataFrame({"a": [1]}, geometry=[shapely.Point(500000, 4000000)], crs=32637)
+    >>> p = write_geojson(g, pathlib.Path(tempfile.mkdtemp()) / "g.geojson")
+    >>> round(gpd.read_file(p).geometry[0].x, 3)
+    39.0
+    """
+    if gdf.crs is None:
+        raise MissingCRSError("GeoDataFrame", "Set one with `gdf.set_crs(...)` before writing.")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        gdf.to_crs(4326).to_file(tmp, driver="GeoJSON")
+    return path
+
+
+def write_gpkg(gdf: Any, path: PathLike, *, layer: str | None = None) -> Path:
+    """Write a GeoDataFrame as a GeoPackage in its own (scene) CRS, atomically."""
+    if gdf.crs is None:
+        raise MissingCRSError("GeoDataFrame", "Set one with `gdf.set_crs(...)` before writing.")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.unlink()  # the GPKG driver wants to create the file itself, named *.gpkg
+        named = tmp.with_suffix(".gpkg")
+        try:
+            gdf.to_file(named, driver="GPKG", layer=layer or path.stem)
+            os.replace(named, tmp)
+        finally:
+            named.unlink(missing_ok=True)
+    return path
+
+
+def write_csv(df: Any, path: PathLike, **kwargs: Any) -> Path:
+    """Write a DataFrame as CSV (no index unless asked), atomically."""
+    path = Path(path)
+    kwargs.setdefault("index", False)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, **kwargs)
+    return path
+
+
+def write_vector(gdf: Any, path: PathLike, *, layer: str | None = None) -> Path:
+    """Write by suffix: ``.geojson``/``.json`` (EPSG:4326), ``.gpkg`` (scene CRS), ``.csv``.
+
+    A CSV of a GeoDataFrame holds the geometry as WKT in the scene CRS.
+
+    Examples
+    --------
+    >>> import geopandas as gpd, shapely, tempfile, pathlib
+    >>> g = gpd.GeoDataFrame({"a": [1]}, geometry=[shapely.Point(500000, 4000000)], crs=32637)
+    >>> write_vector(g, pathlib.Path(tempfile.mkdtemp()) / "g.gpkg").suffix
+    '.gpkg'
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix in (".geojson", ".json"):
+        return write_geojson(gdf, path)
+    if suffix == ".gpkg":
+        return write_gpkg(gdf, path, layer=layer)
+    if suffix == ".csv":
+        df = gdf
+        if hasattr(gdf, "geometry") and getattr(gdf, "crs", None) is not None:
+            df = gdf.assign(**{gdf.geometry.name: gdf.geometry.to_wkt()})
+        return write_csv(df, path)
+    raise UnreadableFileError(
+        path, f"unknown vector format '{suffix}'", "Use .geojson, .gpkg or .csv."
+    )
+
+
+def read_vector(path: PathLike, *, crs: Any = None) -> Any:
+    """Read a GeoJSON / GeoPackage / shapefile (or a CSV with ``lon``/``lat`` or WKT ``geometry``).
+
+    Parameters
+    ----------
+    crs
+        Reproject to this CRS when given.
+
+    Raises
+    ------
+    UnreadableFileError
+        Missing or unreadable file.
+    MissingCRSError
+        The file has no CRS (a CSV with ``lon``/``lat`` is taken as EPSG:4326).
+    """
+    import geopandas as gpd
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise UnreadableFileError(path, "file not found", "Check the path.")
+    try:
+        if path.suffix.lower() == ".csv":
+            df = pd.read_csv(path)
+            cols = {c.lower(): c for c in df.columns}
+            if "lon" in cols and "lat" in cols:
+                gdf = gpd.GeoDataFrame(
+                    df, geometry=gpd.points_from_xy(df[cols["lon"]], df[cols["lat"]]), crs=4326
+                )
+            elif "geometry" in cols:
+                gdf = gpd.GeoDataFrame(df, geometry=gpd.GeoSeries.from_wkt(df[cols["geometry"]]))
+            else:
+                raise UnreadableFileError(
+                    path, "CSV has neither lon/lat nor geometry columns", "Add lon and lat columns."
+                )
+        else:
+            gdf = gpd.read_file(path)
+    except UnreadableFileError:
+        raise
+    except Exception as exc:
+        raise UnreadableFileError(
+            path, f"cannot be read ({exc})".replace("\n", " "), None
+        ) from None
+    if gdf.crs is None:
+        raise MissingCRSError(path)
+    return gdf.to_crs(crs) if crs is not None else gdf
+
+
+def read_footprints(path: PathLike, *, crs: Any = None) -> Any:
+    """Building footprints (polygons) as a GeoDataFrame; see :func:`read_vector`."""
+    return read_vector(path, crs=crs)

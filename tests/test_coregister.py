@@ -1,0 +1,230 @@
+"""Tests of changedet.coregister: known answers, dask = numpy, quality gate, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from changedet.config import CoregisterConfig
+from changedet.coregister import CoregResult, GlobalShift, LocalGrid, coregister
+from changedet.errors import CoregistrationError, NoOverlapError
+from changedet.testing import make_pair, make_raster, truth_displacement, warp_image
+
+DATA = Path(__file__).parents[1].parent / "shared" / "data"
+SMALL = {"window_px": 128, "step_px": 64}
+
+
+def _field_error(result: CoregResult, truth: dict, shape: tuple[int, int], edge: int = 64) -> float:
+    """RMSE (px) between fitted and true displacement over the scene interior."""
+    rows, cols = np.mgrid[edge : shape[0] - edge : 16, edge : shape[1] - edge : 16]
+    ex, ey = result.displacement_at(cols.ravel(), rows.ravel())
+    tx, ty = truth_displacement(truth, cols.ravel(), rows.ravel())
+    return float(np.sqrt(np.mean((ex - tx) ** 2 + (ey - ty) ** 2)))
+
+
+@pytest.mark.parametrize("shift", [(0.3, -0.45), (-14.6, 9.25), (6.5, 14.9)])
+def test_global_shift__known_shift(shift: tuple[float, float]) -> None:
+    before, after, truth = make_pair((1, 640, 640), shift_px=shift, shadows=False, seed=11)
+    res = GlobalShift(window_px=128, global_windows=16).fit(before, after).result
+    assert res.passed, res.reasons
+    assert res.shift_px == pytest.approx(shift, abs=0.05)
+    assert _field_error(res, truth, (640, 640)) < 0.05
+
+
+@pytest.mark.parametrize(
+    ("shift", "rotation"), [((-7.3, 12.6), 0.3), ((11.2, -3.7), -0.25), ((0.4, 0.2), 0.1)]
+)
+def test_local_grid__affine_with_rotation_and_moved_shadows(shift, rotation) -> None:
+    before, after, truth = make_pair((3, 768, 768), shift_px=shift, rotation_deg=rotation, seed=5)
+    res = LocalGrid(**SMALL).fit(before, after).result
+    assert res.passed, res.reasons
+    assert res.model.kind == "affine"
+    assert _field_error(res, truth, (768, 768)) < 0.05
+    assert res.n_kept >= 0.9 * res.n_tie_points
+
+
+def test_local_grid__field_and_translation_models() -> None:
+    before, after, truth = make_pair((1, 640, 640), shift_px=(2.2, -1.3), seed=3)
+    for model in ("translation", "field"):
+        res = LocalGrid(model=model, **SMALL).fit(before, after).result
+        assert res.model.kind == model
+        assert _field_error(res, truth, (640, 640)) < 0.05
+
+
+def test_local_grid__dask_input_matches_numpy() -> None:
+    before, after, _ = make_pair((1, 512, 512), shift_px=(3.3, -2.1), seed=4)
+    res_np = LocalGrid(**SMALL).fit(before, after).result
+    res_da = (
+        LocalGrid(**SMALL)
+        .fit(before.chunk({"y": 97, "x": 131}), after.chunk({"y": 97, "x": 131}))
+        .result
+    )
+    np.testing.assert_allclose(res_np.model.matrix, res_da.model.matrix, atol=1e-6)
+
+
+def test_apply__dask_equals_numpy_on_odd_chunks() -> None:
+    before, after, _ = make_pair((2, 300, 340), shift_px=(4.3, -2.7), rotation_deg=0.2, seed=6)
+    after = after.where(after.x < after.x[300])  # a nodata block
+    stage = LocalGrid(window_px=96, step_px=64).fit(before, after)
+    eager = stage.apply(after)
+    lazy = stage.apply(after.chunk({"band": 1, "y": 97, "x": 131}))
+    assert lazy.chunks is not None
+    np.testing.assert_allclose(lazy.values, eager.values, rtol=1e-5, atol=1e-3, equal_nan=True)
+    assert np.isnan(eager.values[:, :, 300:]).all()
+
+
+def test_apply__corrected_after_lines_up_with_before() -> None:
+    shift = (5.6, -3.2)
+    before, after, _ = make_pair(
+        (1, 512, 512),
+        shift_px=shift,
+        gain=1,
+        offset=0,
+        gamma=1,
+        seasonal=0,
+        shadows=False,
+        noise=0.5,
+        seed=8,
+    )
+    corrected = GlobalShift(window_px=128).fit_and_apply(before, after)
+    check = GlobalShift(window_px=128).fit(before, corrected).result
+    assert np.hypot(*check.shift_px) < 0.03
+    inner = (slice(None), slice(20, -20), slice(20, -20))
+    err = np.abs(corrected.values[inner] - before.values[inner])
+    assert np.nanmedian(err) < 2.0  # noise sigma 0.5 in each image
+
+
+def test_fit__quality_gate_flags_unrelated_images(caplog: pytest.LogCaptureFixture) -> None:
+    before, _, _ = make_pair((1, 512, 512), seed=1)
+    other, _, _ = make_pair((1, 512, 512), seed=2)
+    with caplog.at_level(logging.WARNING, logger="changedet.coregister"):
+        res = LocalGrid(**SMALL).fit(before, other.rename("other.tif")).result
+    assert not res.passed
+    assert res.reasons
+    assert "quality gate failed" in caplog.text
+    corrected = LocalGrid(**SMALL).fit_and_apply(before, other)
+    assert corrected.attrs["coregistration_passed"] == 0
+
+
+def test_fit__quality_gate_raises_when_asked() -> None:
+    before, _, _ = make_pair((1, 512, 512), seed=1)
+    other, _, _ = make_pair((1, 512, 512), seed=2)
+    with pytest.raises(
+        CoregistrationError, match=r"other\.tif: co-registration quality gate failed"
+    ):
+        GlobalShift(window_px=128, on_fail="raise").fit(before, other.rename("other.tif"))
+
+
+def test_fit__nodata_windows_are_rejected() -> None:
+    before, after, truth = make_pair((1, 512, 512), shift_px=(1.2, 0.8), seed=9)
+    after = after.where(after.y < after.y[200])  # top 200 rows nodata
+    res = LocalGrid(**SMALL).fit(before, after).result
+    tp = res.tie_points
+    assert (tp["reason"] == "nodata").any()
+    assert not tp.loc[tp["reason"] == "nodata", "kept"].any()
+    assert res.passed
+    assert _field_error(res, truth, (512, 512)) < 0.05
+
+
+def test_fit__outlier_windows_are_rejected() -> None:
+    before, after, truth = make_pair((1, 512, 512), shift_px=(-2.5, 1.5), seed=10)
+    data = after.values.copy()
+    data[:, 300:420, 300:420] = warp_image(before.values[0], [[1, 0, 9.0], [0, 1, -7.0]])[
+        300:420, 300:420
+    ]
+    res = LocalGrid(**SMALL).fit(before, after.copy(data=data)).result
+    assert (~res.tie_points["kept"]).sum() >= 1
+    assert _field_error(res, truth, (512, 512)) < 0.05
+
+
+def test_fit__grid_mismatch_and_small_scene_errors() -> None:
+    before, after, _ = make_pair((1, 300, 300), seed=0)
+    with pytest.raises(NoOverlapError, match="align_to"):
+        GlobalShift().fit(before, after.isel(x=slice(0, 299)))
+    with pytest.raises(NoOverlapError, match="smaller than one correlation window"):
+        GlobalShift(window_px=512).fit(before, after)
+
+
+def test_result__not_fitted_error() -> None:
+    with pytest.raises(CoregistrationError, match="not fitted"):
+        _ = GlobalShift().result
+
+
+def test_result__to_dict_plot_and_geodataframe(tmp_path: Path) -> None:
+    before, after, _ = make_pair((1, 512, 512), shift_px=(3.0, 1.0), rotation_deg=0.2, seed=12)
+    res = LocalGrid(**SMALL).fit(before, after).result
+    d = json.loads(json.dumps(res.to_dict()))
+    assert d["n_kept"] == res.n_kept and d["passed"] is True
+    fig = res.plot(before)
+    fig.savefig(tmp_path / "tie_points.png", dpi=60)
+    assert (tmp_path / "tie_points.png").stat().st_size > 1000
+    gdf = res.tie_points_gdf()
+    assert gdf.crs.to_epsg() == 32637 and len(gdf) == res.n_tie_points
+    assert res.rmse_m == pytest.approx(res.rmse_px * 0.5)
+
+
+def test_coregister__function_uses_config() -> None:
+    before, after, _ = make_pair((1, 400, 400), shift_px=(1.5, 0.5), seed=4)
+    corrected, res = coregister(before, after, CoregisterConfig(method="global", window_px=128))
+    assert res.method == "global" and corrected.shape == after.shape
+
+
+# ---------------------------------------------------------------------------- real data
+
+
+def _landsat():
+    path = DATA / "landsat7_rgb" / "RGB.byte.tif"
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (../shared/data is absent)")
+    from changedet.io import open_raster
+
+    return open_raster(path, chunks=256)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("shift", [(2.37, -1.61), (-9.5, 6.25)])
+def test_global_shift__landsat_known_shift(shift: tuple[float, float]) -> None:
+    base = _landsat()
+    img = base.values
+    matrix = np.array([[1, 0, shift[0]], [0, 1, shift[1]]], float)
+    warped = np.stack([warp_image(b, matrix) for b in img])
+    after = make_raster(0.8 * warped + 12.0, crs=base.rio.crs, transform=base.rio.transform())
+    before = make_raster(img, crs=base.rio.crs, transform=base.rio.transform())
+    res = LocalGrid(window_px=128, step_px=64, model="translation").fit(before, after).result
+    assert res.passed, res.reasons
+    assert res.shift_px == pytest.approx(shift, abs=0.05)
+
+
+@pytest.mark.realdata
+def test_local_grid__sentinel2_pair_consistent_field() -> None:
+    ref = DATA / "sentinel2_pair" / "ref_S2A_20160608T153121_T33UUU_sub.jp2"
+    tgt = DATA / "sentinel2_pair" / "tgt_S2A_20160529T153631_T33UUU_sub.jp2"
+    if not ref.exists():
+        pytest.skip(f"real data not found at {ref.parent} (../shared/data is absent)")
+    from changedet.align import align_pair
+    from changedet.io import open_raster
+
+    # read once into memory (decoding JPEG 2000 windows one by one is slow); nodata = 0 border
+    pair = align_pair(
+        open_raster(ref, chunks=None, nodata=0), open_raster(tgt, chunks=None, nodata=0)
+    )
+    res = LocalGrid(window_px=256, step_px=256).fit(pair.before, pair.after).result
+    assert res.passed, res.reasons
+    kept = res.tie_points[res.tie_points["kept"]]
+    assert len(kept) >= 20
+    # consistent: the kept tie points agree with a smooth (affine) field to well under a pixel
+    assert res.rmse_px < 0.3
+    assert 0.5 < np.hypot(*res.shift_px) < 5
+
+
+def test_fit__quality_gate_flags_poorly_spread_tie_points(caplog: pytest.LogCaptureFixture) -> None:
+    before, after, _ = make_pair((1, 768, 768), shift_px=(-7.3, 12.6), rotation_deg=0.3, seed=5)
+    after = after.where(after.y < after.y[560])  # only a strip of rows holds data
+    with caplog.at_level(logging.WARNING, logger="changedet.coregister"):
+        res = LocalGrid(**SMALL).fit(before, after).result
+    assert not res.passed
+    assert any("poorly constrained" in r for r in res.reasons)
