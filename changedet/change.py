@@ -66,11 +66,19 @@ class ChangeParams:
         The Gaussian is cut at ``truncate`` standard deviations; the chunk halo follows.
     cva_noise_k
         How many noise standard deviations a change vector needs to count fully in ``score``.
+    threshold
+        Threshold of the change mask: 'otsu', 'kittler' (Kittler–Illingworth minimum error),
+        or a number in [0, 1] (manual override).
+    saturation
+        Values at or above this in any band of either image are not assessable (e.g. 255 for
+        8-bit data); 'none' disables the check.
     """
 
     window_sigma_m: float = 1.0
     truncate: float = 3.5
     cva_noise_k: float = 3.0
+    threshold: Literal["otsu", "kittler"] | float = "otsu"
+    saturation: float | None = None
 
 
 def gsd_of(raster: xr.DataArray) -> float:

@@ -43,6 +43,64 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_config(args: argparse.Namespace) -> object:
+    from changedet.config import Config
+    from changedet.errors import ConfigError
+
+    cfg = Config.from_file(args.config) if args.config else Config()
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(
+                None, f"--set {item!r} is not KEY=VALUE", "E.g. --set change.threshold=0.3"
+            )
+        overrides[key.strip()] = _parse_value(value.strip())
+    return cfg.updated_dotted(overrides) if overrides else cfg
+
+
+def _parse_value(text: str) -> object:
+    """A --set value: TOML/JSON scalars and lists (numbers, true/false, [a, b]), else the string."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from changedet.pipeline import run_pair
+
+    logging.basicConfig(level=logging.INFO, format="changedet: %(message)s")
+    cfg = _load_config(args)
+    result = run_pair(
+        args.before,
+        args.after,
+        out=args.out,
+        footprints=args.footprints,
+        config=cfg,  # type: ignore[arg-type]
+        sun_azimuth_deg=args.sun_azimuth,
+        sun_elevation_deg=args.sun_elevation,
+        progress=not args.quiet,
+    )
+    coreg = result.coreg
+    gate = "passed" if coreg.passed else "FAILED: " + "; ".join(coreg.reasons)
+    print(
+        f"co-registration: shift ({coreg.shift_px[0]:+.2f}, {coreg.shift_px[1]:+.2f}) px, "
+        f"residual {coreg.rmse_px:.3f} px, {coreg.n_kept}/{coreg.n_tie_points} tie points, gate {gate}"
+    )
+    n_new = int((result.craters["new"] == True).sum()) if len(result.craters) else 0  # noqa: E712
+    print(f"craters: {len(result.craters)} detected, {n_new} new")
+    if len(result.damage):
+        counts = result.damage["damage_class"].value_counts()
+        print("damage: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(f"results in {Path(args.out).resolve()}")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
     import math
@@ -107,6 +165,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiles", type=Path, default=Path("sample_tiles"), help="folder of sites")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("run", help="run the pipeline on one before/after pair")
+    p.add_argument("before", type=Path, help="the before raster (GeoTIFF/COG/JPEG 2000)")
+    p.add_argument("after", type=Path, help="the after raster")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--footprints", type=Path, help="building footprints (GeoJSON/GeoPackage)")
+    p.add_argument("--config", type=Path, help="a TOML/YAML/JSON config file")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override one parameter, e.g. change.threshold=0.3",
+    )
+    p.add_argument(
+        "--sun-azimuth", type=float, help="sun azimuth of the after image, degrees from north"
+    )
+    p.add_argument("--sun-elevation", type=float, help="sun elevation of the after image, degrees")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("evaluate", help="score a run's detections against ground truth")
     p.add_argument("detections", type=Path, help="output folder of `changedet run`")

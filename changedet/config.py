@@ -18,7 +18,9 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+import re
 import sys
 import types
 import typing
@@ -27,7 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from changedet.change import ChangeParams
+from changedet.craters import CraterParams
+from changedet.damage import DamageParams
 from changedet.errors import ConfigError
+from changedet.normalize import NormalizeParams
 
 T = TypeVar("T")
 
@@ -127,6 +133,16 @@ class Config:
     coregister: CoregisterConfig = _doc(
         "Sub-pixel co-registration.", default_factory=CoregisterConfig
     )
+    normalize: NormalizeParams = _doc(
+        "Relative radiometric normalisation (IR-MAD).", default_factory=NormalizeParams
+    )
+    change: ChangeParams = _doc(
+        "Change score maps and the change mask.", default_factory=ChangeParams
+    )
+    craters: CraterParams = _doc("Crater detection.", default_factory=CraterParams)
+    damage: DamageParams = _doc(
+        "Structural damage per footprint or region.", default_factory=DamageParams
+    )
 
     # ------------------------------------------------------------------ construction
     def updated(self, changes: Mapping[str, Any]) -> Config:
@@ -208,12 +224,34 @@ class Config:
             section = getattr(cfg, sec.name)
             lines.append(f"# {sec.metadata.get('doc', '')}")
             lines.append(f"[{sec.name}]")
+            docs = _attribute_docs(type(section))
             for f in dataclasses.fields(section):
-                doc = f.metadata.get("doc", "")
-                lines.append(f"# {doc}")
+                doc = f.metadata.get("doc") or docs.get(f.name, "")
+                lines.extend(f"# {line}" for line in doc.splitlines() or [""])
                 lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
             lines.append("")
         return "\n".join(lines)
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """Field descriptions from a numpydoc ``Attributes`` section (``a, b`` lines share one)."""
+    doc = inspect.getdoc(cls) or ""
+    match = re.search(r"^Attributes\n-+\n(.*?)(?:\n\S[^\n]*\n-+\n|\Z)", doc, re.S | re.M)
+    if not match:
+        return {}
+    out: dict[str, str] = {}
+    names: list[str] = []
+    text: list[str] = []
+    for line in [*match.group(1).splitlines(), ""]:
+        if line and not line.startswith(" "):
+            for n in names:
+                out[n] = " ".join(text).strip()
+            names, text = [n.strip() for n in line.split(",")], []
+        elif line.strip():
+            text.append(line.strip())
+    for n in names:
+        out[n] = " ".join(text).strip()
+    return out
 
 
 def _toml_value(value: Any) -> str:

@@ -7,6 +7,8 @@ Compares an output folder of :func:`changedet.pipeline.run_pair` (``craters.geoj
 
 Rules, fixed so that numbers can be compared across runs:
 
+* only detections the run claims as new craters count: ``new`` true, or unknown (single-image
+  mode); detections with ``new`` false were already in the before image;
 * a detected crater matches a true one when its centre lies within ``max(2 m, d/2)`` of the
   true centre (``d``: true diameter); matching is one-to-one and minimises total distance
   (Hungarian algorithm), so a crater found twice counts once as a hit and once as a false
@@ -98,6 +100,15 @@ def match_craters(
     ]
 
 
+def new_craters(detected: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """The detections claimed as new: ``new`` true or unknown (single-image mode)."""
+    if "new" not in detected.columns or detected.empty:
+        return detected
+    flag = detected["new"]
+    keep = flag.isna() | (flag.astype(str).str.lower() == "true")
+    return detected[keep.to_numpy()].reset_index(drop=True)
+
+
 def _scene_area_km2(truth_dir: Path, truth_damage: gpd.GeoDataFrame) -> float:
     before = truth_dir.parent / "before.tif"
     if before.is_file():
@@ -180,7 +191,7 @@ def evaluate_run(
     for d in (det_dir, truth_dir):
         if not d.is_dir():
             raise ChangedetError(d, "is not a folder", None)
-    det_craters = _read(det_dir / "craters.geojson")
+    det_craters = new_craters(_read(det_dir / "craters.geojson"))
     true_craters = _read(truth_dir / "craters.geojson")
     true_damage = _read(truth_dir / "damage.geojson")
     matches = match_craters(det_craters, true_craters)

@@ -39,11 +39,34 @@ from typing import Literal
 
 import numpy as np
 import xarray as xr
-from scipy import linalg, stats
+from scipy import linalg, special
 
 from changedet.errors import AllNodataError, BandMismatchError
 
 Model = Literal["linear", "quantile"]
+
+
+@dataclass(frozen=True)
+class NormalizeParams:
+    """Parameters of relative radiometric normalisation.
+
+    Attributes
+    ----------
+    model
+        'quantile' (monotone tone-curve mapping: handles gamma and dynamic-range adjustment) or
+        'linear' (gain and offset by orthogonal regression).
+    nochange_probability
+        A sampled pixel counts as unchanged when its IR-MAD no-change probability exceeds this.
+    max_samples
+        Pixels sampled on a regular grid to fit the mapping.
+    n_quantiles
+        Quantiles matched by the quantile model.
+    """
+
+    model: Model = "quantile"
+    nochange_probability: float = 0.9
+    max_samples: int = 200_000
+    n_quantiles: int = 256
 
 
 @dataclass(frozen=True)
@@ -91,7 +114,7 @@ class NormalizationResult:
 
 
 def sample_pixels(
-    before: xr.DataArray, after: xr.DataArray, max_samples: int = 500_000
+    before: xr.DataArray, after: xr.DataArray, max_samples: int = 200_000
 ) -> tuple[np.ndarray, np.ndarray]:
     """A regular, deterministic sample of pixels valid in both rasters.
 
@@ -118,7 +141,7 @@ def sample_pixels(
 
 
 def irmad_weights(
-    x: np.ndarray, y: np.ndarray, *, max_iter: int = 30, tol: float = 1e-5
+    x: np.ndarray, y: np.ndarray, *, max_iter: int = 20, tol: float = 1e-4
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """IR-MAD no-change probabilities of paired samples.
 
@@ -165,7 +188,7 @@ def irmad_weights(
         mad = u - v
         var = np.maximum(2 * (1 - rho), 1e-12)
         chi2 = (mad**2 / var).sum(axis=1)
-        w = stats.chi2.sf(chi2, p)
+        w = special.gammaincc(p / 2, chi2 / 2)  # chi-square survival, p degrees of freedom
         if np.max(np.abs(rho - rho_old)) < tol:
             break
         rho_old = rho
@@ -204,12 +227,22 @@ class RelativeNormalizer:
     See the module docstring.
     """
 
+    @classmethod
+    def from_params(cls, params: NormalizeParams) -> RelativeNormalizer:
+        """Build from the ``normalize`` section of :class:`changedet.config.Config`."""
+        return cls(
+            params.model,
+            nochange_probability=params.nochange_probability,
+            max_samples=params.max_samples,
+            n_quantiles=params.n_quantiles,
+        )
+
     def __init__(
         self,
         model: Model = "quantile",
         *,
         nochange_probability: float = 0.9,
-        max_samples: int = 500_000,
+        max_samples: int = 200_000,
         n_quantiles: int = 256,
     ) -> None:
         if model not in ("linear", "quantile"):

@@ -104,3 +104,13 @@ def test_main__evaluate_json_has_required_keys(
     assert set(KEYS) <= set(data)
     assert main(["evaluate", str(det), str(truth)]) == 0
     assert "crater_f1" in capsys.readouterr().out
+
+
+def test_evaluate_run__detections_not_new_do_not_count(tmp_path: Path) -> None:
+    det, truth = _write(tmp_path)
+    craters = gpd.read_file(det / "craters.geojson")
+    craters["new"] = [True, True, False, None, False]  # the duplicate and the far one: not new
+    craters.to_file(det / "craters.geojson")
+    s = evaluate_run(det, truth)
+    assert s["n_detected_craters"] == 3
+    assert s["crater_precision"] == pytest.approx(2 / 3)

@@ -1,0 +1,135 @@
+"""The pipeline end to end on a generated site: documented outputs, known answers, chunking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+
+from changedet.cli import main
+from changedet.config import Config
+from changedet.evaluate import evaluate_run
+from changedet.pipeline import run_pair
+from changedet.synthetic import SceneSettings, generate_site
+
+OUTPUTS = [
+    "change_score.tif",
+    "change_mask.tif",
+    "craters.geojson",
+    "craters.gpkg",
+    "damage.geojson",
+    "damage.gpkg",
+    "coreg.json",
+]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    settings = SceneSettings(seed=11, size_px=512, n_craters=5, shift_px=(3.3, -2.2))
+    return generate_site(tmp_path_factory.mktemp("site") / "s", settings)
+
+
+@pytest.fixture(scope="module")
+def sun(site: Path) -> tuple[float, float]:
+    scene = json.loads((site / "truth" / "scene.json").read_text())
+    settings = scene.get("settings", scene)
+    az, el = settings["sun_after"]
+    return float(az), float(el)
+
+
+@pytest.fixture(scope="module")
+def run(site: Path, sun: tuple[float, float], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("out")
+    run_pair(
+        site / "before.tif",
+        site / "after.tif",
+        out=out,
+        footprints=site / "footprints.geojson",
+        sun_azimuth_deg=sun[0],
+        sun_elevation_deg=sun[1],
+    )
+    return out
+
+
+def test_run_pair__writes_documented_outputs(run: Path, site: Path) -> None:
+    assert sorted(p.name for p in run.iterdir()) == sorted(OUTPUTS)
+    with rasterio.open(site / "before.tif") as ref, rasterio.open(run / "change_mask.tif") as mask:
+        assert mask.crs == ref.crs
+        assert mask.dtypes[0] == "uint8" and mask.nodata == 255
+        assert set(np.unique(mask.read(1))) <= {0, 1, 255}
+        assert mask.overviews(1) or max(mask.shape) <= 512  # a COG has overviews when large
+    assert gpd.read_file(run / "craters.geojson").crs.to_epsg() == 4326
+    with rasterio.open(site / "before.tif") as ref:
+        assert gpd.read_file(run / "damage.gpkg").crs == ref.crs
+    coreg = json.loads((run / "coreg.json").read_text())
+    assert {"shift_px", "rmse_px", "passed", "displacement_grid", "normalization"} <= set(coreg)
+
+
+def test_run_pair__known_answers(run: Path, site: Path) -> None:
+    scores = evaluate_run(run, site / "truth")
+    assert scores["coreg_error_px"] < 0.3
+    assert scores["crater_recall"] >= 0.6
+    assert scores["crater_precision"] >= 0.6
+    assert scores["diameter_error_median"] <= 0.15
+    assert scores["building_f1"] >= 0.7
+
+
+def test_run_pair__chunk_size_does_not_change_results(
+    site: Path, sun: tuple[float, float], run: Path, tmp_path: Path
+) -> None:
+    cfg = Config().updated({"io": {"chunk_px": 200}})  # odd chunks: 512 = 200 + 200 + 112
+    run_pair(
+        site / "before.tif",
+        site / "after.tif",
+        out=tmp_path,
+        footprints=site / "footprints.geojson",
+        config=cfg,
+        sun_azimuth_deg=sun[0],
+        sun_elevation_deg=sun[1],
+    )
+    with (
+        rasterio.open(run / "change_score.tif") as a,
+        rasterio.open(tmp_path / "change_score.tif") as b,
+    ):
+        np.testing.assert_allclose(a.read(1), b.read(1), atol=1e-5)
+    for name in ("craters.geojson", "damage.geojson"):
+        big, small = gpd.read_file(run / name), gpd.read_file(tmp_path / name)
+        assert len(big) == len(small)
+        if name == "damage.geojson":
+            assert list(big["damage_class"]) == list(small["damage_class"])
+        else:
+            np.testing.assert_allclose(big["diameter_m"], small["diameter_m"], rtol=1e-4)
+
+
+def test_main__run_missing_file_is_one_line(
+    tmp_path: Path, site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["run", str(site / "before.tif"), str(tmp_path / "nope.tif"), "--out", str(tmp_path / "o")]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "nope.tif" in err and "\n" not in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_main__run_pairs_that_do_not_overlap(
+    tmp_path: Path, site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    far = generate_site(tmp_path / "far", SceneSettings(seed=12, size_px=256, n_craters=0))
+    code = main(
+        [
+            "run",
+            str(site / "before.tif"),
+            str(far / "after.tif"),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ]
+    )
+    assert code == 2
+    assert "overlap" in capsys.readouterr().err
