@@ -36,8 +36,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from changedet import demo
 
-    outputs = demo.run_demo(args.tiles, args.out)
-    print(f"changedet demo: {len(outputs)} result(s) in {Path(args.out).resolve()}")
+    outputs = demo.run_demo(args.tiles, args.out, pipeline=not args.figures_only)
+    print(f"changedet demo: {len(outputs)} site(s), results in {Path(args.out).resolve()}")
     for p in outputs:
         print(f"  {p}")
     return 0
@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the main job on a folder of sample sites")
     p.add_argument("--tiles", type=Path, default=Path("sample_tiles"), help="folder of sites")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
+    p.add_argument("--figures-only", action="store_true", help="only the before/after figures")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("run", help="run the pipeline on one before/after pair")

@@ -1,7 +1,12 @@
-"""The main job run by ``make demo``: every site under a tile folder.
+"""The main job run by ``make demo``: the pipeline on every site under a tile folder.
 
-A site is a folder holding ``before.tif`` and ``after.tif``. For each one the demo writes a
-before/after figure under ``OUT/<site>/``.
+A site is a folder holding ``before.tif`` and ``after.tif``, and optionally
+``footprints.geojson`` (building outlines) and ``truth/`` (ground truth of a synthetic site). For
+each site the demo runs :func:`changedet.pipeline.run_pair` into ``OUT/<site>/``, writes a
+before/after figure there, and, when the site has ground truth, scores the run against it.
+
+The sun angles of a synthetic site's after image are read from ``truth/scene.json``; for real
+imagery they come from the image metadata (pass them to ``changedet run``).
 
 Examples
 --------
@@ -11,6 +16,7 @@ Examples
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -41,13 +47,63 @@ def find_sites(tiles: str | os.PathLike[str]) -> list[Path]:
     return sites
 
 
-def run_demo(tiles: str | os.PathLike[str], out: str | os.PathLike[str]) -> list[Path]:
-    """Run the demo over every site in ``tiles``; return the files written."""
+def _sun_after(site: Path) -> tuple[float | None, float | None]:
+    scene = site / "truth" / "scene.json"
+    if not scene.is_file():
+        return None, None
+    data = json.loads(scene.read_text())
+    az, el = data.get("settings", data).get("sun_after", (None, None))
+    return az, el
+
+
+def run_demo(
+    tiles: str | os.PathLike[str], out: str | os.PathLike[str], *, pipeline: bool = True
+) -> list[Path]:
+    """Run the demo over every site in ``tiles``; return the folders (or figures) written.
+
+    Parameters
+    ----------
+    tiles
+        Folder of sites.
+    out
+        Output folder; one sub-folder per site.
+    pipeline
+        Run the full pipeline (default); with ``False`` only the before/after figures.
+    """
+    from changedet.evaluate import evaluate_run
+    from changedet.pipeline import run_pair
+
     written = []
     for site in find_sites(tiles):
-        written.append(
-            plot_before_after(
-                site / "before.tif", site / "after.tif", Path(out) / site.name / "before_after.png"
-            )
+        site_out = Path(out) / site.name
+        figure = plot_before_after(
+            site / "before.tif", site / "after.tif", site_out / "before_after.png"
         )
+        if not pipeline:
+            written.append(figure)
+            continue
+        az, el = _sun_after(site)
+        footprints = site / "footprints.geojson"
+        res = run_pair(
+            site / "before.tif",
+            site / "after.tif",
+            out=site_out,
+            footprints=footprints if footprints.is_file() else None,
+            sun_azimuth_deg=az,
+            sun_elevation_deg=el,
+        )
+        new = int((res.craters["new"] == True).sum()) if len(res.craters) else 0  # noqa: E712
+        damaged = int(res.damage["damage_class"].isin(["destroyed", "severe", "moderate"]).sum())
+        line = (
+            f"{site.name}: shift ({res.coreg.shift_px[0]:+.2f}, {res.coreg.shift_px[1]:+.2f}) px, "
+            f"{new} new craters, {damaged} damaged buildings"
+        )
+        if (site / "truth").is_dir():
+            s = evaluate_run(site_out, site / "truth")
+            line += (
+                f" | vs truth: crater F1 {s['crater_f1']:.2f}, building F1 {s['building_f1']:.2f}, "
+                f"co-registration error {s['coreg_error_px']:.2f} px"
+            )
+        print(line, flush=True)
+        written.append(site_out)
     return written

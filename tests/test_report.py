@@ -39,6 +39,6 @@ def test_plot_before_after__writes_png(tmp_path: Path) -> None:
 
 
 def test_run_demo__one_figure_per_site(tmp_path: Path) -> None:
-    written = run_demo(SAMPLE_TILES, tmp_path)
+    written = run_demo(SAMPLE_TILES, tmp_path, pipeline=False)
     assert [p.parent.name for p in written] == [s.name for s in find_sites(SAMPLE_TILES)]
     assert all(p.stat().st_size > 10_000 for p in written)
