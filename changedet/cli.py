@@ -81,6 +81,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.after,
         out=args.out,
         footprints=args.footprints,
+        facilities=args.facilities,
         config=cfg,  # type: ignore[arg-type]
         sun_azimuth_deg=args.sun_azimuth,
         sun_elevation_deg=args.sun_elevation,
@@ -97,6 +98,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if len(result.damage):
         counts = result.damage["damage_class"].value_counts()
         print("damage: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if result.facilities is not None:
+        for _, f in result.facilities.iterrows():
+            near = (
+                "none"
+                if f["nearest_crater_m"] != f["nearest_crater_m"]
+                else f"{f['nearest_crater_m']:.0f} m"
+            )
+            print(
+                f"facility {f['id']} {f['name']} ({f['type']}): nearest new crater {near}, "
+                f"damage {f['damage_class']}"
+            )
     print(f"results in {Path(args.out).resolve()}")
     return 0
 
@@ -172,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("after", type=Path, help="the after raster")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--footprints", type=Path, help="building footprints (GeoJSON/GeoPackage)")
+    p.add_argument("--facilities", type=Path, help="facility list (GeoJSON/GeoPackage/CSV lon,lat)")
     p.add_argument("--config", type=Path, help="a TOML/YAML/JSON config file")
     p.add_argument(
         "--set",

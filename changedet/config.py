@@ -123,6 +123,16 @@ class CoregisterConfig:
 
 
 @dataclass(frozen=True)
+class FacilitiesConfig:
+    """Scoring listed facilities."""
+
+    rings_m: tuple[float, ...] = _doc(
+        "Distance rings (metres) in which craters are counted around each facility.",
+        default=(50.0, 100.0, 250.0),
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole pipeline's parameters, one section per stage."""
 
@@ -140,6 +150,9 @@ class Config:
         "Change score maps and the change mask.", default_factory=ChangeParams
     )
     craters: CraterParams = _doc("Crater detection.", default_factory=CraterParams)
+    facilities: FacilitiesConfig = _doc(
+        "Scoring listed facilities.", default_factory=FacilitiesConfig
+    )
     damage: DamageParams = _doc(
         "Structural damage per footprint or region.", default_factory=DamageParams
     )

@@ -448,7 +448,10 @@ def write_vector(gdf: Any, path: PathLike, *, layer: str | None = None) -> Path:
     if suffix == ".csv":
         df = gdf
         if hasattr(gdf, "geometry") and getattr(gdf, "crs", None) is not None:
-            df = gdf.assign(**{gdf.geometry.name: gdf.geometry.to_wkt()})
+            import pandas as pd
+
+            # a plain DataFrame: geometry as WKT text in the scene CRS
+            df = pd.DataFrame(gdf).assign(**{gdf.geometry.name: gdf.geometry.to_wkt()})
         return write_csv(df, path)
     raise UnreadableFileError(
         path, f"unknown vector format '{suffix}'", "Use .geojson, .gpkg or .csv."

@@ -67,6 +67,8 @@ class PairResult:
         The radiometric normalisation fitted.
     craters, damage
         GeoDataFrames in the scene CRS.
+    facilities
+        One row per facility (:func:`changedet.facilities.score_facilities`), or ``None``.
     outputs
         Files written, by name.
     timings
@@ -82,6 +84,7 @@ class PairResult:
     normalization: Any
     craters: gpd.GeoDataFrame
     damage: gpd.GeoDataFrame
+    facilities: gpd.GeoDataFrame | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -123,6 +126,7 @@ def run_pair(
     *,
     out: PathLike | None = None,
     footprints: PathLike | gpd.GeoDataFrame | None = None,
+    facilities: PathLike | gpd.GeoDataFrame | None = None,
     config: Config | None = None,
     sun_azimuth_deg: float | None = None,
     sun_elevation_deg: float | None = None,
@@ -139,6 +143,9 @@ def run_pair(
     footprints
         Building footprints (GeoJSON/GeoPackage path or GeoDataFrame) for per-building damage;
         without them damage is reported per damaged region.
+    facilities
+        Facility list (GeoJSON/GeoPackage/CSV path or GeoDataFrame, see
+        :func:`changedet.facilities.read_facilities`): scored per facility when given.
     config
         :class:`changedet.config.Config`; defaults when omitted.
     sun_azimuth_deg, sun_elevation_deg
@@ -159,6 +166,7 @@ def run_pair(
         the co-registration quality gate fails and ``config.coregister.on_fail == "raise"``.
     """
     from changedet import align, change, coregister, craters, damage, normalize
+    from changedet import facilities as facilities_mod
     from changedet import io as cio
 
     cfg = config or Config()
@@ -170,6 +178,11 @@ def run_pair(
             cio.read_footprints(footprints)
             if isinstance(footprints, (str, os.PathLike))
             else footprints
+        )
+        fac = (
+            facilities_mod.read_facilities(facilities)
+            if isinstance(facilities, (str, os.PathLike))
+            else facilities
         )
     with _stage("align", timings):
         before_da, after_da = align.align_pair(before_da, after_da, cfg.align)
@@ -203,6 +216,22 @@ def run_pair(
             damage_gdf = damage.damaged_regions(
                 scores["score"], threshold=thr, not_assessable=na, params=cfg.damage
             )
+    fac_scores = None
+    if fac is not None:
+        with _stage("facilities", timings):
+            from shapely.geometry import box
+
+            fac_scores = facilities_mod.score_facilities(
+                fac,
+                crater_gdf,
+                damage_gdf if fp is not None else None,
+                scene_extent=box(*before_da.rio.bounds()),
+                rings_m=cfg.facilities.rings_m,
+                score=scores["score"],
+                threshold=thr,
+                not_assessable=na,
+                damage_params=cfg.damage,
+            )
     result = PairResult(
         before=before_da,
         after=after_n,
@@ -213,6 +242,7 @@ def run_pair(
         normalization=norm.result,
         craters=crater_gdf,
         damage=damage_gdf,
+        facilities=fac_scores,
         timings=timings,
     )
     if out is not None:
@@ -248,6 +278,11 @@ def write_outputs(result: PairResult, out: PathLike) -> dict[str, Path]:
     for name, gdf in (("craters", result.craters), ("damage", result.damage)):
         files[f"{name}.geojson"] = cio.write_vector(gdf, out / f"{name}.geojson")
         files[f"{name}.gpkg"] = cio.write_vector(gdf, out / f"{name}.gpkg", layer=name)
+    if result.facilities is not None:
+        files["facilities.geojson"] = cio.write_vector(
+            result.facilities, out / "facilities.geojson"
+        )
+        files["facilities.csv"] = cio.write_vector(result.facilities, out / "facilities.csv")
     coreg = result.coreg.to_dict()
     coreg["displacement_grid"] = displacement_grid(result.coreg, result.coreg.shape)
     coreg["normalization"] = result.normalization.to_dict()

@@ -24,6 +24,8 @@ OUTPUTS = [
     "damage.geojson",
     "damage.gpkg",
     "coreg.json",
+    "facilities.csv",
+    "facilities.geojson",
 ]
 
 
@@ -49,6 +51,7 @@ def run(site: Path, sun: tuple[float, float], tmp_path_factory: pytest.TempPathF
         site / "after.tif",
         out=out,
         footprints=site / "footprints.geojson",
+        facilities=site / "facilities.geojson",
         sun_azimuth_deg=sun[0],
         sun_elevation_deg=sun[1],
     )
@@ -76,6 +79,20 @@ def test_run_pair__known_answers(run: Path, site: Path) -> None:
     assert scores["crater_precision"] >= 0.6
     assert scores["diameter_error_median"] <= 0.15
     assert scores["building_f1"] >= 0.7
+
+
+def test_run_pair__facility_table_matches_truth(run: Path, site: Path) -> None:
+    scene = json.loads((site / "truth" / "scene.json").read_text())
+    table = gpd.read_file(run / "facilities.geojson").set_index("id")
+    assert table.crs.to_epsg() == 4326
+    for truth in scene["facilities"]:
+        row = table.loc[truth["id"]]
+        assert bool(row["in_scene"]) and bool(row["assessable"])
+        # a missed or extra crater moves a count by one at most on this small scene
+        for r in (50, 100, 250):
+            assert abs(row[f"craters_within_{r}m"] - truth[f"craters_within_{r}m"]) <= 1
+        true_damaged = truth["damage"] in ("destroyed", "severe", "moderate")
+        assert (row["damage_class"] in ("destroyed", "severe", "moderate")) == true_damaged
 
 
 def test_run_pair__chunk_size_does_not_change_results(

@@ -1,0 +1,115 @@
+"""Facilities: reading and validation errors, and scoring against known answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+from shapely.geometry import Point, box
+
+from changedet.errors import FacilityError
+from changedet.facilities import read_facilities, score_facilities
+from tests.conftest import SAMPLE_TILES
+
+CRS = "EPSG:32637"
+EXTENT = box(-1000, -1000, 1000, 1000)
+
+
+def _craters(
+    xy_d: list[tuple[float, float, float]], new: list[object] | None = None
+) -> gpd.GeoDataFrame:
+    data = {"id": list(range(1, len(xy_d) + 1)), "diameter_m": [d for *_, d in xy_d]}
+    if new is not None:
+        data["new"] = new
+    return gpd.GeoDataFrame(data, geometry=[Point(x, y) for x, y, _ in xy_d], crs=CRS)
+
+
+def test_read_facilities__csv_lon_lat(tmp_path: Path) -> None:
+    p = tmp_path / "f.csv"
+    p.write_text("name,type,lon,lat\nSt Mary,hospital,37.9,36.1\nSchool 4,school,37.91,36.11\n")
+    fac = read_facilities(p)
+    assert list(fac["id"]) == ["F1", "F2"]
+    assert fac.crs.to_epsg() == 4326 and fac.geometry.x.iloc[0] == pytest.approx(37.9)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("name,type,x,y\nA,school,1,2\n", r"f\.csv: missing column\(s\) lon, lat"),
+        ("name,lon,lat\n", r"f\.csv: holds no facility"),
+        ("name,lon,lat\nA,36.1,137.9\n", r"row\(s\) 1 have coordinates outside"),
+        ("id,name,lon,lat\n7,A,37.9,36.1\n7,B,37.8,36.1\n", r"duplicate facility id\(s\) 7"),
+    ],
+)
+def test_read_facilities__bad_csv(tmp_path: Path, text: str, match: str) -> None:
+    p = tmp_path / "f.csv"
+    p.write_text(text)
+    with pytest.raises(FacilityError, match=match):
+        read_facilities(p)
+
+
+def test_read_facilities__geojson_without_geometry(tmp_path: Path) -> None:
+    p = tmp_path / "f.geojson"
+    p.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [{"type": "Feature", "geometry": None, "properties": {"name": "A"}}],
+            }
+        )
+    )
+    with pytest.raises(FacilityError, match=r"row\(s\) 1 have no geometry"):
+        read_facilities(p)
+
+
+def test_score_facilities__rings_nearest_largest() -> None:
+    fac = gpd.GeoDataFrame(
+        {"id": ["P", "Q"]}, geometry=[Point(0, 0), box(400, 0, 420, 20)], crs=CRS
+    )
+    craters = _craters([(30, 0, 4), (0, 90, 10), (0, -240, 20), (410, 10, 8), (700, 0, 30)])
+    out = score_facilities(fac, craters, scene_extent=EXTENT).set_index("id")
+    assert out.loc[
+        "P", ["craters_within_50m", "craters_within_100m", "craters_within_250m"]
+    ].tolist() == [1, 2, 3]
+    assert out.loc["P", "nearest_crater_m"] == pytest.approx(30)
+    assert out.loc["P", "largest_crater_m"] == pytest.approx(20)
+    # a crater on the footprint is at distance 0; the 30 m one lies 280 m from its edge
+    assert out.loc["Q", "nearest_crater_m"] == 0
+    assert out.loc["Q", "craters_within_250m"] == 1
+
+
+def test_score_facilities__only_new_craters_count() -> None:
+    fac = gpd.GeoDataFrame({"id": ["P"]}, geometry=[Point(0, 0)], crs=CRS)
+    craters = _craters([(10, 0, 4), (20, 0, 4), (30, 0, 4)], new=[False, True, None])
+    row = score_facilities(fac, craters, scene_extent=EXTENT).iloc[0]
+    assert row["craters_within_50m"] == 2 and row["nearest_crater_m"] == pytest.approx(20)
+
+
+def test_score_facilities__outside_scene_is_flagged_all_outside_is_an_error() -> None:
+    fac = gpd.GeoDataFrame({"id": ["in", "out"]}, geometry=[Point(0, 0), Point(5000, 0)], crs=CRS)
+    out = score_facilities(fac, _craters([(10, 0, 4)]), scene_extent=EXTENT).set_index("id")
+    assert bool(out.loc["in", "in_scene"]) and not bool(out.loc["out", "in_scene"])
+    assert out.loc["out", "damage_class"] == "outside scene" and not out.loc["out", "assessable"]
+    with pytest.raises(FacilityError, match="no facility lies inside the scene"):
+        score_facilities(fac.iloc[[1]], _craters([(10, 0, 4)]), scene_extent=EXTENT)
+
+
+def test_score_facilities__matches_generator_truth_on_true_craters() -> None:
+    """Scored with the true craters, the table reproduces the generator's own facility truth."""
+    site = SAMPLE_TILES / "site_01"
+    scene = json.loads((site / "truth" / "scene.json").read_text())
+    fac = read_facilities(site / "facilities.geojson")
+    craters = gpd.read_file(site / "truth" / "craters.geojson")
+    craters = craters.to_crs(craters.estimate_utm_crs())
+    out = score_facilities(
+        fac, craters, scene_extent=box(*craters.total_bounds).buffer(2000)
+    ).set_index("id")
+    for truth in scene["facilities"]:
+        row = out.loc[truth["id"]]
+        for r in (50, 100, 250):
+            assert row[f"craters_within_{r}m"] == truth[f"craters_within_{r}m"], (truth["id"], r)
+        assert row["nearest_crater_m"] == pytest.approx(truth["nearest_crater_m"], abs=0.5)
+    assert np.isfinite(out["largest_crater_m"]).any()
