@@ -130,6 +130,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from changedet.manifest import verify_manifest
+
+    report = verify_manifest(args.manifest, rerun=not args.no_rerun)
+    for part in ("inputs", "outputs", "rerun"):
+        for name, status in report.get(part, {}).items():
+            if status != "ok" or args.verbose:
+                print(f"{part}: {name}: {status}")
+    print("verified: every hash matches" if report["ok"] else "NOT verified: see the lines above")
+    return 0 if report["ok"] else 1
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from changedet.config import Config
 
@@ -204,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("truth", type=Path, help="truth folder (e.g. sample_tiles/site_01/truth)")
     p.add_argument("--json", action="store_true", help="print one JSON object (NaN as null)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("verify", help="re-run a run from its manifest and compare every hash")
+    p.add_argument("manifest", type=Path, help="OUT/manifest.json of a run")
+    p.add_argument(
+        "--no-rerun", action="store_true", help="only check the files against the hashes"
+    )
+    p.add_argument("--verbose", action="store_true", help="list every file, not only mismatches")
+    p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("config", help="print the configuration (defaults, or a file's)")
     p.add_argument("--template", action="store_true", help="every parameter, default and meaning")

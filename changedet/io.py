@@ -399,7 +399,8 @@ def write_geojson(gdf: Any, path: PathLike) -> Path:
         raise MissingCRSError("GeoDataFrame", "Set one with `gdf.set_crs(...)` before writing.")
     path = Path(path)
     with atomic_path(path) as tmp:
-        gdf.to_crs(4326).to_file(tmp, driver="GeoJSON")
+        # layer= names the collection after the final file, not the temporary one
+        gdf.to_crs(4326).to_file(tmp, driver="GeoJSON", layer=path.stem)
     return path
 
 
@@ -408,6 +409,11 @@ def write_gpkg(gdf: Any, path: PathLike, *, layer: str | None = None) -> Path:
     if gdf.crs is None:
         raise MissingCRSError("GeoDataFrame", "Set one with `gdf.set_crs(...)` before writing.")
     path = Path(path)
+    import pyogrio
+
+    # GeoPackages record a "last change" time; pin it so that a re-run writes identical bytes
+    # (changedet verify compares output hashes).
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": "2000-01-01T00:00:00.000Z"})
     with atomic_path(path) as tmp:
         tmp.unlink()  # the GPKG driver wants to create the file itself, named *.gpkg
         named = tmp.with_suffix(".gpkg")

@@ -248,6 +248,34 @@ def run_pair(
     if out is not None:
         with _stage("write", timings), _progress(progress):
             result.outputs = write_outputs(result, out)
+        from changedet.manifest import build_manifest, write_manifest
+
+        def _path(value: Any) -> Any:
+            return value if isinstance(value, (str, os.PathLike, list)) else None
+
+        manifest = build_manifest(
+            inputs={
+                "before": before,
+                "after": after,
+                "footprints": _path(footprints),
+                "facilities": _path(facilities),
+            },
+            options={"sun_azimuth_deg": sun_azimuth_deg, "sun_elevation_deg": sun_elevation_deg},
+            config=cfg.to_dict(),
+            coreg=json.loads(Path(result.outputs["coreg.json"]).read_text()),
+            timings=timings,
+            outputs=result.outputs,
+            out_dir=Path(out),
+        )
+        if footprints is not None and _path(footprints) is None:
+            manifest["inputs"].append(
+                {"role": "footprints", "path": None, "note": "in-memory GeoDataFrame"}
+            )
+        if facilities is not None and _path(facilities) is None:
+            manifest["inputs"].append(
+                {"role": "facilities", "path": None, "note": "in-memory GeoDataFrame"}
+            )
+        result.outputs["manifest.json"] = write_manifest(manifest, out)
     return result
 
 
@@ -275,15 +303,19 @@ def write_outputs(result: PairResult, out: PathLike) -> dict[str, Path]:
         out / "change_mask.tif",
         nodata=255,
     )
-    for name, gdf in (("craters", result.craters), ("damage", result.damage)):
+    for name, gdf in (
+        ("craters", _for_output(result.craters)),
+        ("damage", _for_output(result.damage)),
+    ):
         files[f"{name}.geojson"] = cio.write_vector(gdf, out / f"{name}.geojson")
         files[f"{name}.gpkg"] = cio.write_vector(gdf, out / f"{name}.gpkg", layer=name)
     if result.facilities is not None:
-        files["facilities.geojson"] = cio.write_vector(
-            result.facilities, out / "facilities.geojson"
-        )
-        files["facilities.csv"] = cio.write_vector(result.facilities, out / "facilities.csv")
+        fac = _for_output(result.facilities)
+        files["facilities.geojson"] = cio.write_vector(fac, out / "facilities.geojson")
+        files["facilities.csv"] = cio.write_vector(fac, out / "facilities.csv")
     coreg = result.coreg.to_dict()
+    # Outputs must be reproducible byte for byte: wall times go to the manifest, not here.
+    coreg.pop("seconds", None)
     coreg["displacement_grid"] = displacement_grid(result.coreg, result.coreg.shape)
     coreg["normalization"] = result.normalization.to_dict()
     coreg["change_threshold"] = result.threshold
@@ -291,6 +323,21 @@ def write_outputs(result: PairResult, out: PathLike) -> dict[str, Path]:
         out / "coreg.json", json.loads(json.dumps(coreg, default=float))
     )
     return files
+
+
+def _for_output(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Round what a file states to what the method can support: 4 decimals for measurements
+    and scores, 1 mm for coordinates in the scene CRS. Besides avoiding false precision, this
+    keeps outputs byte-identical across runs despite last-bit differences of threaded sums."""
+    import shapely
+
+    out = gdf.copy()
+    for col in out.columns:
+        if col != out.geometry.name and out[col].dtype.kind == "f":
+            out[col] = out[col].round(4)
+    if len(out):
+        out[out.geometry.name] = shapely.set_precision(out.geometry.to_numpy(), 0.001)
+    return out
 
 
 def _with_grid(da: xr.DataArray, crs: Any, transform: Any, description: str) -> xr.DataArray:
