@@ -86,6 +86,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sun_azimuth_deg=args.sun_azimuth,
         sun_elevation_deg=args.sun_elevation,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     coreg = result.coreg
     gate = "passed" if coreg.passed else "FAILED: " + "; ".join(coreg.reasons)
@@ -209,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--sun-elevation", type=float, help="sun elevation of the after image, degrees")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the results of a different run in --out"
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("evaluate", help="score a run's detections against ground truth")

@@ -144,6 +144,62 @@ def load_manifest(path: PathLike) -> dict[str, Any]:
     return data
 
 
+def run_identity(
+    inputs: list[dict[str, Any]], options: dict[str, Any], config: dict[str, Any]
+) -> dict[str, Any]:
+    """What makes two runs the same run: input hashes by role, options and configuration."""
+    return {
+        "inputs": sorted((e.get("role"), e.get("sha256")) for e in inputs),
+        "options": options,
+        "config": config,
+    }
+
+
+def guard_output_folder(
+    out_dir: PathLike,
+    *,
+    inputs: dict[str, Any],
+    options: dict[str, Any],
+    config: dict[str, Any],
+    overwrite: bool,
+) -> None:
+    """Refuse to write into a folder that holds another run (unless ``overwrite``).
+
+    A folder is free when it does not exist, is empty, or holds the manifest of the same run
+    (same input hashes, options and configuration: re-running it reproduces the same files).
+
+    Raises
+    ------
+    OutputExistsError
+        When the folder holds files of a different run, or files without a manifest.
+    """
+    from changedet.errors import OutputExistsError
+
+    out = Path(out_dir)
+    if overwrite or not out.exists() or not any(out.iterdir()):
+        return
+    manifest_path = out / "manifest.json"
+    fix = "Choose another --out folder, or pass --overwrite (overwrite=True) to replace it."
+    if not manifest_path.is_file():
+        raise OutputExistsError(out, "is not empty and holds no changedet manifest", fix)
+    try:
+        old = load_manifest(manifest_path)
+    except ChangedetError:
+        raise OutputExistsError(out, "holds an unreadable manifest.json", fix) from None
+    described = []
+    for role, value in inputs.items():
+        if value is None:
+            continue
+        for path in value if isinstance(value, list) else [value]:
+            described.append({"role": role, "sha256": sha256_file(path)})
+    new_id = json.loads(json.dumps(run_identity(described, options, config), default=str))
+    old_id = json.loads(
+        json.dumps(run_identity(old["inputs"], old.get("options", {}), old["config"]), default=str)
+    )
+    if new_id != old_id:
+        raise OutputExistsError(out, "already holds the results of a different run", fix)
+
+
 def check_outputs(manifest: dict[str, Any], out_dir: PathLike) -> dict[str, str]:
     """Compare the files in ``out_dir`` with the manifest: ``{name: 'ok'|'changed'|'missing'}``."""
     status = {}

@@ -131,6 +131,7 @@ def run_pair(
     sun_azimuth_deg: float | None = None,
     sun_elevation_deg: float | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> PairResult:
     """Run the pipeline on one pair.
 
@@ -154,6 +155,9 @@ def run_pair(
         in shadow, a mound's is lit).
     progress
         Show progress bars for the chunked computations.
+    overwrite
+        Replace the results of a different run in ``out``; without it such a folder is refused
+        before any work starts (re-running the same run into its own folder is allowed).
 
     Returns
     -------
@@ -171,6 +175,25 @@ def run_pair(
 
     cfg = config or Config()
     timings: dict[str, float] = {}
+    inputs = {
+        "before": before,
+        "after": after,
+        "footprints": _path(footprints),
+        "facilities": _path(facilities),
+    }
+    options = {"sun_azimuth_deg": sun_azimuth_deg, "sun_elevation_deg": sun_elevation_deg}
+    if out is not None:
+        from changedet.manifest import guard_output_folder
+
+        for role, value in inputs.items():
+            for p in (value if isinstance(value, list) else [value]) if value is not None else []:
+                if not Path(p).is_file():
+                    from changedet.errors import UnreadableFileError
+
+                    raise UnreadableFileError(p, f"{role} file not found", "Check the path.")
+        guard_output_folder(
+            out, inputs=inputs, options=options, config=cfg.to_dict(), overwrite=overwrite
+        )
     with _stage("read", timings):
         before_da = cio.open_raster(before, chunks=cfg.io.chunk_px, name="before")
         after_da = cio.open_raster(after, chunks=cfg.io.chunk_px, name="after")
@@ -250,17 +273,9 @@ def run_pair(
             result.outputs = write_outputs(result, out)
         from changedet.manifest import build_manifest, write_manifest
 
-        def _path(value: Any) -> Any:
-            return value if isinstance(value, (str, os.PathLike, list)) else None
-
         manifest = build_manifest(
-            inputs={
-                "before": before,
-                "after": after,
-                "footprints": _path(footprints),
-                "facilities": _path(facilities),
-            },
-            options={"sun_azimuth_deg": sun_azimuth_deg, "sun_elevation_deg": sun_elevation_deg},
+            inputs=inputs,
+            options=options,
             config=cfg.to_dict(),
             coreg=json.loads(Path(result.outputs["coreg.json"]).read_text()),
             timings=timings,
@@ -323,6 +338,11 @@ def write_outputs(result: PairResult, out: PathLike) -> dict[str, Path]:
         out / "coreg.json", json.loads(json.dumps(coreg, default=float))
     )
     return files
+
+
+def _path(value: Any) -> Any:
+    """A path (or list of paths) as given, or None for in-memory objects."""
+    return value if isinstance(value, (str, os.PathLike, list)) else None
 
 
 def _for_output(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:

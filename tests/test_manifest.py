@@ -73,3 +73,17 @@ def test_load_manifest__bad_files(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(ChangedetError, match="not a changedet manifest"):
         load_manifest(tmp_path / "manifest.json")
+
+
+def test_run_pair__refuses_a_folder_with_another_run(run_dir: Path, tmp_path: Path) -> None:
+    from changedet.errors import OutputExistsError
+
+    m = load_manifest(run_dir / "manifest.json")
+    paths = {e["role"]: e["path"] for e in m["inputs"]}
+    before_hashes = {n: e["sha256"] for n, e in m["outputs"].items()}
+    with pytest.raises(OutputExistsError, match=r"different run.*--overwrite"):
+        run_pair(paths["before"], paths["after"], out=run_dir)  # no footprints: another run
+    assert {n: sha256_file(run_dir / e["path"]) for n, e in m["outputs"].items()} == before_hashes
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["run", paths["before"], paths["after"], "--out", str(tmp_path), "--quiet"]) == 2
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -26,6 +26,7 @@ OUTPUTS = [
     "coreg.json",
     "facilities.csv",
     "facilities.geojson",
+    "manifest.json",
 ]
 
 
