@@ -1,0 +1,56 @@
+"""Run the benchmarks (``make bench``): each script prints its figures and baseline side by side.
+
+The scripts, in order (each skips what it cannot run, with the reason):
+
+* ``bench_coregister.py`` — co-registration accuracy (synthetic, Landsat known shifts, the
+  Sentinel-2 pair) and speed at 8192², against AROSICS when ``make bench-env`` was run;
+* ``eval_craters.py --split report`` — crater detection on the held-out synthetic seeds;
+* ``eval_damage.py --split report`` — building damage on the held-out synthetic seeds.
+
+Results are recorded by hand in ``benchmarks/RESULTS.md`` with the machine and date.
+
+Usage::
+
+    python benchmarks/run.py            # all
+    python benchmarks/run.py --quick    # smaller cases, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller cases (a smoke run)")
+    args = ap.parse_args()
+    runs = [
+        ["bench_coregister.py", *(["--quick"] if args.quick else [])],
+        ["eval_craters.py", "--split", "report", *(["--n", "3"] if args.quick else [])],
+        ["eval_damage.py", "--split", "report", *(["--n", "3"] if args.quick else [])],
+    ]
+    failed = []
+    for script, *rest in runs:
+        path = HERE / script
+        if not path.is_file():
+            print(f"== {script}: not present, skipped")
+            continue
+        print(f"== {script} {' '.join(rest)}", flush=True)
+        t0 = time.perf_counter()
+        code = subprocess.call([sys.executable, str(path), *rest], cwd=HERE.parent)
+        print(f"== {script}: exit {code} after {time.perf_counter() - t0:.0f} s", flush=True)
+        if code:
+            failed.append(script)
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
