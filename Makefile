@@ -33,8 +33,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check changedet tests benchmarks
 	$(BIN)/ruff format --check changedet tests benchmarks
 
+# With .venv-bench (make bench-env) the same scripts also run AROSICS side by side.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	@if [ -x .venv-bench/bin/python ]; then .venv-bench/bin/python benchmarks/run.py; \
+	else echo "(no .venv-bench: AROSICS comparison skipped; run make bench-env first)"; $(BIN)/python benchmarks/run.py; fi
 
 # A separate environment with AROSICS for the co-registration comparison; never a runtime dependency.
 bench-env:
