@@ -20,8 +20,16 @@ class                          damaged share of the footprint (defaults)
 ``not assessable``             < 50 % of the footprint assessable
 ============================  ============================================
 
-Footprints are shrunk by ``edge_buffer_m`` first so that walls, eaves and residual
-misregistration at the edges do not count. Without footprints, damaged pixels are pooled on a
+Footprints are shrunk first, by ``edge_buffer_m`` or ``edge_fraction`` of their width whichever
+is larger, so that walls, eaves, parapet shadows and residual misregistration at the edges do
+not count.
+
+When the co-registered pair is passed too (``before=``, ``after=``), a pixel counts as damaged on
+image evidence (:func:`damage_evidence`) rather than on the change score: the roof's structure is
+lost (low before/after correlation) *and* the change is what rubble or fire does (new rough
+texture beyond a planar trend, or strong darkening), over an area (morphological opening). A
+moved shadow darkens a roof but keeps its texture; its straight edge, walls and misregistration
+are thin lines. The change score alone lights up all of these when the sun moves between dates. Without footprints, damaged pixels are pooled on a
 coarse grid (``region_cell_m``), and connected cells over ``min_region_m2`` become regions.
 
 All statistics are accumulated chunk by chunk (footprints rasterised per chunk), so memory stays
@@ -67,6 +75,29 @@ class DamageParams:
     edge_buffer_m
         Footprints are shrunk by this much before counting pixels (walls, eaves, residual
         misregistration). Footprints that vanish are used unshrunk.
+    edge_fraction
+        ... and by at least this fraction of their width (short side of the minimum rotated
+        rectangle): walls, eaves and parapet shadows change with the view and sun angles, and
+        a wider building has taller walls and longer parapet shadows.
+    window_sigma_m, truncate
+        Gaussian window of the image evidence (:func:`damage_evidence`); the chunk halo follows.
+    max_correlation
+        Image evidence: a pixel is damaged only where the before/after structure correlation
+        (SSIM's structure term, regularised so that featureless areas count as unchanged) is
+        below this: a moved shadow or a gain change keeps the roof's structure, rubble does not.
+    min_texture_gain
+        ... and where the local texture (standard deviation beyond a locally planar trend, so
+        that a straight shadow edge or wall does not count) grows by more than this
+        (``log σ_after/σ_before``): rubble is rough ...
+    max_log_darkening
+        ... or the area darkens beyond this (``log`` of the after/before mean brightness):
+        a burnt roof (soot) or a void.
+    min_extent_m
+        Damaged pixels are opened with a disc of this radius: rubble covers areas, while the
+        edges of moved shadows, walls and residual misregistration are thin lines.
+    fill_gap_m
+        ... then closed with a disc of this radius: smooth slab fragments and dust between
+        rough patches of one rubble field count as damaged.
     destroyed, severe, moderate, possible
         Lower bounds of the damaged share of a footprint for each class.
     min_assessable_share
@@ -80,6 +111,14 @@ class DamageParams:
     """
 
     edge_buffer_m: float = 0.5
+    edge_fraction: float = 0.10
+    window_sigma_m: float = 0.75
+    truncate: float = 3.5
+    max_correlation: float = 0.3
+    min_texture_gain: float = 0.2
+    max_log_darkening: float = -0.4
+    min_extent_m: float = 1.0
+    fill_gap_m: float = 1.0
     destroyed: float = 0.60
     severe: float = 0.35
     moderate: float = 0.15
@@ -154,6 +193,7 @@ def _block_counts(
     transform_coeffs: tuple[float, ...],
     n: int,
     threshold: float,
+    evidence: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per-footprint counts in one block: [pixels, assessable, damaged, sum of score].
 
@@ -168,14 +208,174 @@ def _block_counts(
     counts = np.zeros((4, n + 1))
     counts[0] = np.bincount(flat, minlength=n + 1)
     counts[1] = np.bincount(flat, weights=ok.ravel(), minlength=n + 1)
-    damaged = ok & (score > threshold)
+    if evidence is None:
+        damaged = ok & (score > threshold)
+    else:
+        damaged = ok & (evidence > 0.5)
     counts[2] = np.bincount(flat, weights=damaged.ravel(), minlength=n + 1)
     counts[3] = np.bincount(flat, weights=np.where(ok, score, 0).ravel(), minlength=n + 1)
     return counts
 
 
+def _evidence_kernel(
+    before: np.ndarray,
+    after: np.ndarray,
+    *,
+    sigma: float,
+    truncate: float,
+    scale: float,
+    max_correlation: float,
+    min_texture_gain: float,
+    max_log_darkening: float,
+    open_px: int,
+    close_px: int = 0,
+) -> np.ndarray:
+    """Damage evidence of one ``(band, y, x)`` block pair: a float32 ``(y, x)`` map, 1 where
+    damaged, 0 where not, NaN where not assessable."""
+    from scipy import ndimage
+
+    from changedet.change import _gauss_nan
+
+    x = before.astype("float64").mean(axis=0) / scale
+    y = after.astype("float64").mean(axis=0) / scale
+    invalid = ~(np.isfinite(x) & np.isfinite(y))
+
+    def g(img: np.ndarray) -> np.ndarray:
+        return _gauss_nan(img, sigma, truncate)
+
+    mx, my = g(x), g(y)
+    vx = np.maximum(g(x * x) - mx * mx, 0)
+    vy = np.maximum(g(y * y) - my * my, 0)
+    cxy = g(x * y) - mx * my
+    # SSIM's structure term with its constant C3 = C2 / 2: where neither image has structure
+    # above the noise floor (a smooth roof, a shadow on it) the correlation tends to 1.
+    c3 = 0.03**2 / 2
+    corr = (cxy + c3) / (np.sqrt(vx * vy) + c3)
+
+    # Texture beyond a locally planar trend: a straight edge (shadow border, wall) is mostly
+    # explained by the window's mean gradient (Gaussian-weighted plane fit: σ² |∇ mean|²).
+    def rough(v: np.ndarray, m: np.ndarray) -> np.ndarray:
+        gy, gx = np.gradient(np.where(np.isfinite(m), m, 0.0))
+        return np.sqrt(np.maximum(v - sigma * sigma * (gx * gx + gy * gy), 0))
+
+    eps = 0.01  # texture floor (reflectance units): sensor noise, JPEG blocks
+    texture_gain = np.log((rough(vy, my) + eps) / (rough(vx, mx) + eps))
+    darkening = np.log((my + 0.01) / (mx + 0.01))
+    with np.errstate(invalid="ignore"):
+        damaged = (corr < max_correlation) & (
+            (texture_gain > min_texture_gain) | (darkening < max_log_darkening)
+        )
+    damaged &= ~invalid
+
+    def disc(r: int) -> np.ndarray:
+        yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+        return xx * xx + yy * yy <= r * r + 0.5
+
+    if open_px > 0:
+        damaged = ndimage.binary_opening(damaged, structure=disc(open_px))
+    if close_px > 0:  # gaps inside a rubble field (smooth slab fragments) are rubble too
+        damaged = ndimage.binary_closing(damaged, structure=disc(close_px))
+        damaged &= ~invalid
+    out = damaged.astype("float32")
+    out[invalid] = np.nan
+    return out
+
+
+def damage_evidence(
+    before: xr.DataArray,
+    after: xr.DataArray,
+    params: DamageParams | None = None,
+    *,
+    gsd_m: float | None = None,
+    value_range: float | None = None,
+) -> xr.DataArray:
+    """Per-pixel damage evidence from the co-registered, normalised pair.
+
+    A pixel is damaged when the roof's structure is lost (low before/after correlation in a
+    Gaussian window) *and* the change is one rubble or fire makes: new rough texture (local
+    standard deviation beyond a planar trend grows) or strong darkening (soot, voids). A moved
+    shadow only darkens a roof whose texture stays (high correlation, or too little structure
+    to tell); a shadow's straight edge is explained by the planar trend; thin lines that remain
+    (walls, shadow borders, residual misregistration) are removed by an opening of radius
+    ``min_extent_m``.
+
+    Parameters
+    ----------
+    before, after
+        ``(band, y, x)`` rasters on the same grid, NaN for nodata. Dask-backed inputs give a
+        lazy map computed with ``map_overlap`` (halo from the window and the opening).
+    params
+        :class:`DamageParams`.
+    gsd_m
+        Ground sample distance; read from the rasters when omitted.
+    value_range
+        Scale of the data (e.g. 255); the 99.9th percentile of a sample of ``before`` when
+        omitted.
+
+    Returns
+    -------
+    xarray.DataArray
+        float32 ``(y, x)``: 1 damaged, 0 not, NaN not assessable.
+    """
+    from changedet.change import gsd_of
+    from changedet.normalize import sample_pixels
+
+    params = params or DamageParams()
+    gsd = gsd_m if gsd_m is not None else gsd_of(before)
+    sigma = params.window_sigma_m / gsd
+    open_px = round(params.min_extent_m / gsd)
+    close_px = round(params.fill_gap_m / gsd)
+    depth = math.ceil(params.truncate * sigma) + 2 + 2 * open_px + 2 * close_px
+    if value_range is None:
+        b, _ = sample_pixels(before, after, 100_000)
+        value_range = float(np.percentile(b, 99.9)) if len(b) else 1.0
+    kw = {
+        "sigma": sigma,
+        "truncate": params.truncate,
+        "scale": max(float(value_range), 1e-9),
+        "max_correlation": params.max_correlation,
+        "min_texture_gain": params.min_texture_gain,
+        "max_log_darkening": params.max_log_darkening,
+        "open_px": open_px,
+        "close_px": close_px,
+    }
+    bf, af = before.astype("float32"), after.astype("float32")
+    template = bf.isel(band=0, drop=True)
+    if isinstance(bf.data, np.ndarray) and isinstance(af.data, np.ndarray):
+        data = _evidence_kernel(bf.values, af.values, **kw)
+    else:
+        import dask.array as da
+
+        bd = da.asarray(bf.data).rechunk({0: -1})
+        ad = da.asarray(af.data).rechunk(bd.chunks)
+        data = da.map_overlap(
+            _evidence_kernel,
+            bd,
+            ad,
+            depth={0: 0, 1: depth, 2: depth},
+            boundary="none",
+            drop_axis=0,
+            dtype="float32",
+            meta=np.empty((0, 0), "float32"),
+            **kw,
+        )
+    out = template.copy(data=data).rename("damage_evidence")
+    out.attrs = {"gsd_m": gsd, "halo_px": depth}
+    return out
+
+
+def _short_side(geom: object) -> float:
+    """Width of a polygon: short side of its minimum rotated rectangle (metres)."""
+    rect = geom.minimum_rotated_rectangle  # type: ignore[attr-defined]
+    if rect.geom_type != "Polygon":
+        return 0.0
+    c = np.asarray(rect.exterior.coords)
+    sides = np.hypot(*np.diff(c, axis=0).T)
+    return float(sides[:2].min())
+
+
 def _prepare_footprints(
-    footprints: gpd.GeoDataFrame, crs: object, buffer_m: float
+    footprints: gpd.GeoDataFrame, crs: object, buffer_m: float, edge_fraction: float = 0.0
 ) -> gpd.GeoDataFrame:
     if footprints.crs is None:
         raise MissingCRSError("footprints", "Set it with GeoDataFrame.set_crs(...) or in the file.")
@@ -187,7 +387,12 @@ def _prepare_footprints(
         raise FacilityError("footprints", "holds no polygon", "Pass building outlines as polygons.")
     if "id" not in fp.columns:
         fp["id"] = [str(i) for i in range(len(fp))]
-    shrunk = fp.geometry.buffer(-buffer_m) if buffer_m > 0 else fp.geometry
+    if edge_fraction > 0:
+        widths = np.array([_short_side(g) for g in fp.geometry])
+        margin = np.maximum(buffer_m, edge_fraction * widths)
+    else:
+        margin = np.full(len(fp), float(buffer_m))
+    shrunk = fp.geometry.buffer(-margin) if (margin > 0).any() else fp.geometry
     fp["_count_geom"] = shrunk.where(~shrunk.is_empty & (shrunk.area > 0), fp.geometry)
     return fp.reset_index(drop=True)
 
@@ -199,6 +404,9 @@ def assess_damage(
     threshold: float,
     not_assessable: xr.DataArray | None = None,
     params: DamageParams | None = None,
+    before: xr.DataArray | None = None,
+    after: xr.DataArray | None = None,
+    value_range: float | None = None,
 ) -> gpd.GeoDataFrame:
     """Damage class of every building footprint.
 
@@ -217,6 +425,13 @@ def assess_damage(
         Optional boolean ``(y, x)`` mask (True: not assessable) on the same grid.
     params
         :class:`DamageParams`.
+    before, after
+        Optional co-registered, normalised ``(band, y, x)`` pair on the score's grid. When
+        both are given, a pixel counts as damaged by the image evidence of
+        :func:`damage_evidence` (structure lost *and* rubble-like texture or soot, over an
+        area) instead of ``score > threshold``, which also fires on moved shadows and walls.
+    value_range
+        Scale of the data for :func:`damage_evidence` (e.g. 255); estimated when omitted.
 
     Returns
     -------
@@ -234,7 +449,14 @@ def assess_damage(
     crs = score.rio.crs
     if crs is None:
         raise MissingCRSError("change score", "Keep the CRS of the input rasters (rioxarray).")
-    fp = _prepare_footprints(footprints, crs, params.edge_buffer_m)
+    fp = _prepare_footprints(footprints, crs, params.edge_buffer_m, params.edge_fraction)
+    evidence = None
+    if before is not None and after is not None:
+        evidence = damage_evidence(before, after, params, value_range=value_range)
+        if isinstance(score.data, np.ndarray):  # blocks follow the score map's chunks
+            evidence = evidence.compute()
+        else:
+            evidence = evidence.chunk(dict(zip(score.dims, score.data.chunks, strict=True)))
     n = len(fp)
     transform = score.rio.transform()
     import dask
@@ -252,9 +474,10 @@ def assess_damage(
         shapes = [(fp["_count_geom"].iloc[i], int(i) + 1) for i in idx]
         s_block = score.data[ys, xs]
         m_block = None if not_assessable is None else not_assessable.data[ys, xs]
+        e_block = None if evidence is None else evidence.data[ys, xs]
         tasks.append(
             dask.delayed(_block_counts)(
-                s_block, m_block, shapes, list(block_transform)[:6], n, threshold
+                s_block, m_block, shapes, list(block_transform)[:6], n, threshold, e_block
             )
         )
     counts = np.zeros((4, n + 1))

@@ -168,6 +168,8 @@ def score_facilities(
     threshold: float | None = None,
     not_assessable: Any = None,
     damage_params: Any = None,
+    before: Any = None,
+    after: Any = None,
 ) -> gpd.GeoDataFrame:
     """One row per facility: craters in each ring, nearest and largest crater, damage.
 
@@ -188,6 +190,9 @@ def score_facilities(
         The change score map, its threshold, the not-assessable mask and
         :class:`~changedet.damage.DamageParams`: when ``score`` is given, polygon facilities get
         their own damaged share from the pixels of their footprint.
+    before, after
+        The co-registered, normalised pair: when given, a footprint's damage is judged on
+        image evidence as in :func:`changedet.damage.assess_damage`.
 
     Returns
     -------
@@ -247,7 +252,7 @@ def score_facilities(
     out["nearest_crater_id"] = nearest_id
     out["largest_crater_m"] = largest
     share, klass, assessable = _facility_damage(
-        fac, damage, score, threshold, not_assessable, damage_params
+        fac, damage, score, threshold, not_assessable, damage_params, before, after
     )
     out["damaged_share"] = share
     out["damage_class"] = klass
@@ -263,6 +268,8 @@ def _facility_damage(
     threshold: float | None,
     not_assessable: Any,
     params: Any,
+    before: Any = None,
+    after: Any = None,
 ) -> tuple[list[float], list[str | None], np.ndarray]:
     n = len(fac)
     share: list[float] = [np.nan] * n
@@ -273,7 +280,13 @@ def _facility_damage(
         from changedet.damage import assess_damage
 
         res = assess_damage(
-            score, fac[polys], threshold=threshold, not_assessable=not_assessable, params=params
+            score,
+            fac[polys],
+            threshold=threshold,
+            not_assessable=not_assessable,
+            params=params,
+            before=before,
+            after=after,
         )
         for i, (_, r) in zip(np.flatnonzero(polys), res.iterrows(), strict=True):
             share[i] = float(r["damaged_share"])

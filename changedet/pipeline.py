@@ -233,7 +233,13 @@ def run_pair(
     with _stage("damage", timings), _progress(progress):
         if fp is not None:
             damage_gdf = damage.assess_damage(
-                scores["score"], fp, threshold=thr, not_assessable=na, params=cfg.damage
+                scores["score"],
+                fp,
+                threshold=thr,
+                not_assessable=na,
+                params=cfg.damage,
+                before=before_da,
+                after=after_n,
             )
         else:
             damage_gdf = damage.damaged_regions(
@@ -254,6 +260,8 @@ def run_pair(
                 threshold=thr,
                 not_assessable=na,
                 damage_params=cfg.damage,
+                before=before_da,
+                after=after_n,
             )
     result = PairResult(
         before=before_da,

@@ -10,7 +10,7 @@ import rioxarray  # noqa: F401 - registers .rio
 import xarray as xr
 from shapely.geometry import box
 
-from changedet.damage import DamageParams, assess_damage, damaged_regions
+from changedet.damage import DamageParams, assess_damage, damage_evidence, damaged_regions
 from changedet.errors import MissingCRSError
 
 GSD = 0.5
@@ -61,7 +61,8 @@ def _scene() -> tuple[xr.DataArray, gpd.GeoDataFrame, dict[str, float]]:
 
 def test_assess_damage__classes_follow_damaged_share() -> None:
     score, fp, truth = _scene()
-    out = assess_damage(score, fp, threshold=0.5)
+    # Shares are known on the interiors shrunk by the 0.5 m edge buffer alone.
+    out = assess_damage(score, fp, threshold=0.5, params=DamageParams(edge_fraction=0.0))
     assert list(out["id"]) == list(truth)
     assert list(out["damage_class"]) == [
         "destroyed",
@@ -138,3 +139,131 @@ def test_damaged_regions__finds_damaged_blocks_only() -> None:
 def test_damaged_regions__empty_scene() -> None:
     out = damaged_regions(_score(), threshold=0.5)
     assert out.empty and out.crs == "EPSG:32637"
+
+
+# --- image evidence: moved shadows are not damage, rubble is ------------------------------------
+
+
+def _pair(kind: str, shape: tuple[int, int] = (120, 130)) -> tuple[xr.DataArray, xr.DataArray]:
+    """Before/after 8-bit RGB of a 20 m × 20 m roof (rows/cols 30-70) on textured ground.
+
+    ``kind``: ``"intact"`` (noise only), ``"shadow"`` (a neighbour's shadow darkens the roof's
+    southern half, bluish, texture kept), ``"rubble"`` (blocky, multi-coloured debris over the
+    roof), ``"shift"`` (the whole after image moved by 0.2 px: residual misregistration).
+    """
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    ny, nx = shape
+
+    def smooth_noise(sigma: float, amp: float) -> np.ndarray:
+        z = ndimage.gaussian_filter(rng.normal(0, 1, shape), sigma)
+        return amp * z / z.std()
+
+    ground = np.array([120.0, 110.0, 95.0])[:, None, None] * (1 + smooth_noise(3, 0.08))
+    roof = np.array([170.0, 150.0, 140.0])[:, None, None] * (
+        1 + smooth_noise(2, 0.03) + smooth_noise(0.7, 0.02)
+    )
+    inside = np.zeros(shape, bool)
+    inside[30:70, 30:70] = True
+    before = np.where(inside, roof, ground)
+    after = before.copy()
+    if kind == "shadow":
+        shade = np.zeros(shape, bool)
+        shade[50:75, 25:75] = True  # half the roof and the ground south of it
+        factor = np.array([0.45, 0.48, 0.56])[:, None, None]  # darker, a little bluish
+        after = np.where(shade, after * factor, after)
+    elif kind == "rubble":
+        blocks = rng.uniform(0.45, 1.3, (ny // 3 + 1, nx // 3 + 1, 3))
+        blocks = np.kron(blocks, np.ones((3, 3, 1)))[:ny, :nx].transpose(2, 0, 1)
+        voids = np.kron(rng.random((ny // 2 + 1, nx // 2 + 1)) > 0.75, np.ones((2, 2)))
+        debris = np.array([140.0, 130.0, 115.0])[:, None, None] * blocks
+        debris = np.where(voids[:ny, :nx], 45.0, debris)
+        after = np.where(inside, debris, after)
+    elif kind == "shift":
+        after = np.stack([ndimage.shift(b, (0.2, -0.2), order=3, mode="nearest") for b in before])
+    noise = rng.normal(0, 1.5, (2, 3, ny, nx))
+    x0, y_top = 500_000.0, 4_000_000.0
+    coords = {
+        "band": [1, 2, 3],
+        "y": y_top - GSD * (np.arange(ny) + 0.5),
+        "x": x0 + GSD * (np.arange(nx) + 0.5),
+    }
+
+    def da_(v: np.ndarray) -> xr.DataArray:
+        v = np.clip(v, 0, 254).astype("float32")
+        return xr.DataArray(v, dims=("band", "y", "x"), coords=coords).rio.write_crs("EPSG:32637")
+
+    return da_(before + noise[0]), da_(after + noise[1])
+
+
+def _roof(before: xr.DataArray) -> gpd.GeoDataFrame:
+    x, y = before.x.values, before.y.values
+    geom = box(x[30] - GSD / 2, y[69] - GSD / 2, x[69] + GSD / 2, y[30] + GSD / 2)
+    return gpd.GeoDataFrame({"id": ["roof"]}, geometry=[geom], crs="EPSG:32637")
+
+
+def _assess_pair(kind: str) -> gpd.GeoDataFrame:
+    before, after = _pair(kind)
+    score = xr.zeros_like(before.isel(band=0, drop=True)) + 0.9  # the score alone says damaged
+    return assess_damage(
+        score, _roof(before), threshold=0.5, before=before, after=after, value_range=255
+    )
+
+
+@pytest.mark.parametrize("kind", ["intact", "shadow", "shift"])
+def test_assess_damage__shadow_and_misregistration_are_not_damage(kind: str) -> None:
+    out = _assess_pair(kind)
+    assert out["damaged_share"].iloc[0] < 0.05
+    assert out["damage_class"].iloc[0] == "no visible damage"
+
+
+def test_assess_damage__rubble_is_destroyed() -> None:
+    out = _assess_pair("rubble")
+    assert out["damaged_share"].iloc[0] > 0.6
+    assert out["damage_class"].iloc[0] == "destroyed"
+
+
+def test_damage_evidence__shadow_interior_and_edge_are_clean() -> None:
+    before, after = _pair("shadow")
+    ev = damage_evidence(before, after, value_range=255).values
+    assert np.nanmax(ev[55:70, 30:70]) == 0  # the shadowed half: darker, same texture
+    assert np.nanmax(ev[30:45, 30:70]) == 0  # the sunlit half
+    # The shadow's straight, high-contrast edge leaves at most a speck (< 2 % of the roof).
+    assert np.nanmean(ev[30:70, 30:70]) < 0.02
+
+
+@pytest.mark.parametrize("chunks", [(37, 41), (120, 23), (61, 130)])
+def test_damage_evidence__dask_equals_numpy(chunks: tuple[int, int]) -> None:
+    before, after = _pair("rubble")
+    eager = damage_evidence(before, after, value_range=255)
+    lazy_b = before.chunk({"band": -1, "y": chunks[0], "x": chunks[1]})
+    lazy_a = after.chunk({"band": 1, "y": chunks[0], "x": chunks[1]})  # gathered inside
+    lazy = damage_evidence(lazy_b, lazy_a, value_range=255)
+    assert lazy.chunks is not None
+    np.testing.assert_array_equal(lazy.values, eager.values)
+    score = xr.zeros_like(before.isel(band=0, drop=True))
+    fp = _roof(before)
+    out_eager = assess_damage(score, fp, threshold=0.5, before=before, after=after, value_range=255)
+    out_lazy = assess_damage(
+        score.chunk({"y": chunks[0], "x": chunks[1]}),
+        fp,
+        threshold=0.5,
+        before=lazy_b,
+        after=lazy_a,
+        value_range=255,
+    )
+    assert out_lazy["damaged_share"].tolist() == out_eager["damaged_share"].tolist()
+
+
+def test_footprints__interior_margin_scales_with_width() -> None:
+    from changedet.damage import _prepare_footprints
+
+    fp = gpd.GeoDataFrame(
+        {"id": ["small", "wide"]},
+        geometry=[box(0, 0, 4, 4), box(100, 0, 140, 40)],
+        crs="EPSG:32637",
+    )
+    out = _prepare_footprints(fp, fp.crs, 0.5, 0.1)
+    # 4 m wide: the 0.5 m buffer wins (3 × 3 m); 40 m wide: 10 % = 4 m each side (32 × 32 m).
+    assert out["_count_geom"].area.round(3).tolist() == [9.0, 1024.0]
