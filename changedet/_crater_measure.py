@@ -144,6 +144,84 @@ def refine(win: np.ndarray, r0: float, iterations: int = 2) -> tuple[float, floa
     return dy, dx, r
 
 
+#: Samples per ray, from 0.2 R to 2 R (step R / 24 whatever the radius, so that every
+#: candidate's profile has the same shape and all are refined at once).
+_RAY_SAMPLES = 44
+
+
+def refine_all(
+    lum: np.ndarray, rows: np.ndarray, cols: np.ndarray, r0: np.ndarray, iterations: int = 2
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`refine` for many candidates at once (``lum`` NaN-free; integer centres).
+
+    Every candidate's rays are sampled in one :func:`scipy.ndimage.map_coordinates` call on
+    the tile, at ``ρ = R · (0.2 … 2)`` in steps of ``R / 24``, smoothed and differentiated as
+    one ``(candidate, ray, ρ)`` array; the weighted least-squares circle fits are solved as
+    a batch of 3 × 3 normal equations. Returns ``(dy, dx, radius_px)`` arrays.
+    """
+    n = len(rows)
+    dy = np.zeros(n)
+    dx = np.zeros(n)
+    r = np.asarray(r0, np.float64).copy()
+    if n == 0:
+        return dy, dx, r
+    u = np.linspace(0.2, 2.0, _RAY_SAMPLES)  # ρ / R
+    du = u[1] - u[0]
+    smooth = max(0.5, 0.06 / du)  # in samples, as in rim_radius
+    theta = 2 * np.pi * np.arange(N_RAYS) / N_RAYS
+    ct, st = np.cos(theta), np.sin(theta)
+    design = np.stack([np.ones(N_RAYS), ct, st], axis=1)  # (ray, 3)
+    mid_u = 0.5 * (u[1:] + u[:-1])
+    cy = np.asarray(rows, np.float64)
+    cx = np.asarray(cols, np.float64)
+    for it in range(iterations + 1):
+        rho = r[:, None] * u[None]  # (n, s)
+        ys = cy[:, None, None] + dy[:, None, None] + st[None, :, None] * rho[:, None, :]
+        xs = cx[:, None, None] + dx[:, None, None] + ct[None, :, None] * rho[:, None, :]
+        vals = ndimage.map_coordinates(
+            lum, [ys.ravel(), xs.ravel()], order=1, mode="nearest"
+        ).reshape(n, N_RAYS, _RAY_SAMPLES)
+        # radius from the azimuthal mean profile: steepest rise between 0.45 R and 1.7 R
+        prof = ndimage.gaussian_filter1d(vals.mean(axis=1), smooth, axis=1, mode="nearest")
+        grad = np.gradient(prof, du, axis=1)
+        band = (u >= 0.45) & (u <= 1.7)
+        gb = np.where(band[None], grad, -np.inf)
+        i = np.argmax(gb, axis=1)
+        ii = np.clip(i, 1, _RAY_SAMPLES - 2)
+        a, b, c = grad[np.arange(n), ii - 1], grad[np.arange(n), ii], grad[np.arange(n), ii + 1]
+        den = a - 2 * b + c
+        inner = (i > 0) & (i < _RAY_SAMPLES - 1) & (den < 0)
+        off = np.where(inner, np.clip(0.5 * (a - c) / np.where(den < 0, den, -1.0), -0.5, 0.5), 0)
+        r_s = r  # the radius the rays were sampled with
+        steep = (u[i] + off * du) * r_s
+        new_r = np.sqrt(steep**2 + (smooth * du * r_s) ** 2 + 0.7**2)
+        r = np.clip(new_r, 0.6 * r_s, 1.6 * r_s)
+        if it == iterations:
+            break
+        sm = ndimage.gaussian_filter1d(vals, smooth, axis=2, mode="nearest")
+        g = np.diff(sm, axis=2) / (du * r_s[:, None, None])  # (n, ray, s - 1) at mid-points
+        mid_px = mid_u[None] * r_s[:, None]
+        bmask = (mid_px >= 0.45 * r[:, None]) & (mid_px <= 1.7 * r[:, None])
+        g = np.where(bmask[:, None, :], g, -np.inf)
+        k = np.argmax(g, axis=2)  # (n, ray)
+        w = np.maximum(np.take_along_axis(g, k[..., None], axis=2)[..., 0], 0.0)
+        ok = np.count_nonzero(w > 0.1 * w.max(axis=1, keepdims=True), axis=1) >= N_RAYS // 3
+        ok &= w.max(axis=1) > 0
+        target = mid_u[k] * r_s[:, None]  # (n, ray) edge distances in px
+        # weighted least squares with weights sqrt(w) on rows: normal equations A^T W A
+        ata = np.einsum("nr,ri,rj->nij", w, design, design)
+        atb = np.einsum("nr,ri,nr->ni", w, design, target)
+        ata[~ok] = np.eye(3)
+        atb[~ok] = 0.0
+        coef = np.linalg.solve(ata + 1e-12 * np.eye(3), atb[..., None])[..., 0]
+        ddx, ddy = coef[:, 1], coef[:, 2]
+        shift = np.hypot(ddx, ddy)
+        lim = np.where(shift > 0.5 * r, 0.5 * r / np.maximum(shift, 1e-12), 1.0)
+        dx = dx + np.where(ok, ddx * lim, 0.0)
+        dy = dy + np.where(ok, ddy * lim, 0.0)
+    return dy, dx, r
+
+
 def _hessian_roundness(win: np.ndarray, dy: float, dx: float, r: float, fill: float) -> float:
     """Ratio of the Hessian eigenvalues (small/large) of the image at scale ``R/√2``.
 
@@ -174,22 +252,40 @@ def rings(
 ) -> dict[str, float]:
     """Interior / ring / outside statistics of a window at a given centre offset and radius."""
     half = (win.shape[0] - 1) / 2
-    yy, xx = np.mgrid[0 : win.shape[0], 0 : win.shape[1]].astype(np.float64)
-    y, x = yy - half - dy, xx - half - dx
+    ax = np.arange(win.shape[0], dtype=np.float64) - half
+    y, x = (ax - dy)[:, None], (ax - dx)[None, :]
     rho = np.hypot(x, y)
-    inside = rho < 3.0 * r
     finite = np.isfinite(win)
-    valid = float(finite[inside].mean()) if inside.any() else 0.0
-    interior = rho < 0.75 * r
-    ring = (rho >= 1.15 * r) & (rho < 2.0 * r)
-    outside = (rho >= 2.3 * r) & (rho < 3.0 * r)
-    m_in, m_ring, m_out = _nanmean(win[interior]), _nanmean(win[ring]), _nanmean(win[outside])
-    o = win[outside]
-    o = o[np.isfinite(o)]
-    sd_out = float(np.std(o)) if o.size > 2 else math.nan
-    depth = m_ring - m_in
+    inside = rho < 3.0 * r
+    n_inside = np.count_nonzero(inside)
+    valid = float(np.count_nonzero(finite & inside)) / n_inside if n_inside else 0.0
+    # one label per pixel: 0 interior, 1-8 ring sectors, 9 outside, 10 none; then bincount
     sector = np.floor((np.arctan2(y, x) + np.pi) / (2 * np.pi) * N_SECTORS).astype(int) % N_SECTORS
-    sect = np.array([_nanmean(win[ring & (sector == k)]) for k in range(N_SECTORS)]) - m_in
+    label = np.full(win.shape, 10, np.int64)
+    label[rho < 0.75 * r] = 0
+    ring = (rho >= 1.15 * r) & (rho < 2.0 * r)
+    label[ring] = 1 + sector[ring]
+    outside = (rho >= 2.3 * r) & (rho < 3.0 * r)
+    label[outside] = 9
+    lab, val = label[finite], win[finite]
+    cnt = np.bincount(lab, minlength=11).astype(np.float64)
+    tot = np.bincount(lab, weights=val, minlength=11)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = tot / cnt
+    m_in = float(means[0])
+    m_ring = float(tot[1:9].sum() / cnt[1:9].sum()) if cnt[1:9].sum() else math.nan
+    m_out = float(means[9])
+    sd_out = (
+        float(
+            np.sqrt(
+                max(np.bincount(lab, weights=val * val, minlength=11)[9] / cnt[9] - m_out**2, 0.0)
+            )
+        )
+        if cnt[9] > 2
+        else math.nan
+    )
+    depth = m_ring - m_in
+    sect = means[1:9] - m_in
     sect = np.sort(np.where(np.isfinite(sect), sect, -np.inf))
     shading = math.nan
     if sun_px is not None:
@@ -219,14 +315,18 @@ def measure(
     *,
     sun_px: tuple[float, float] | None,
     noise_floor: float,
+    refined: tuple[float, float, float] | None = None,
 ) -> Measure | None:
     """Refine and measure the candidate at integer tile pixel ``(row, col)`` of radius ``r0``.
 
+    ``refined``: ``(dy, dx, radius_px)`` from :func:`refine_all`, when already known.
     Returns ``None`` when the refined centre leaves the first window (a different blob).
     """
-    half = math.ceil(WINDOW_RADII * 1.6 * r0) + 2
-    win = window(lum, row, col, half)
-    dy, dx, r = refine(win, r0)
+    if refined is None:
+        half = math.ceil(WINDOW_RADII * 1.6 * r0) + 2
+        dy, dx, r = refine(window(lum, row, col, half), r0)
+    else:
+        dy, dx, r = refined
     # re-centre on the refined integer pixel so the measurement is position independent
     row2, col2 = row + round(dy), col + round(dx)
     dy, dx = dy - round(dy), dx - round(dx)

@@ -25,10 +25,17 @@ How a crater looks in 0.3–1 m imagery, and the measurement that tests each tra
   shadow has no such dipole): ``shading`` in ``(-1, 1)``, positive for a depression, NaN when
   the sun is unknown (the test is skipped). With the elevation too, the dipole expected at
   that elevation is required, which rejects moved building and tree shadows;
-* **new** — with a before image, the same rings measured there at the same place: when its
-  dark-interior contrast is below ``max_persistence`` of the after contrast, the crater is
-  ``new``; when a change map is given, the mean change score in the disc must also reach
-  ``min_change_score``.
+* **bare soil, sunlit** (needs red, green and blue bands) — a tree crown or bush is a dark
+  round blob too, but green: ``greenness``, the excess-green index of the bowl, counts against;
+  a cast shadow (of a building, tree or car, moved with the sun) is lit by the blue sky only and
+  is bluer than the sunlit ground around it, while a crater's bowl is mostly sunlit soil:
+  ``blueness``, the bowl's blue chromaticity minus the ring's, counts against;
+* **new** — with a before image, the same rings measured there at the same place: an older
+  crater is an enclosed dark bowl there too, not green (vegetation the blast removed is no
+  older crater) and *resembling the after image* (the correlation of the two within 2 R: a dark
+  road crossing or a building's shadow where a crater now lies does not); when that weighted
+  contrast is below ``max_persistence`` of the after contrast, the crater is ``new``; when a
+  change map is given, the mean change score in the disc must also reach ``min_change_score``.
 
 The evidence is combined into ``score`` in [0, 1] (the product of the ramps in
 :class:`CraterParams`: every trait must hold); detections with ``score >= score_threshold`` are returned.
@@ -64,7 +71,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from changedet._crater_measure import WINDOW_RADII, measure, ramp, rings, window
+from changedet._crater_measure import WINDOW_RADII, measure, ramp, refine_all, rings, window
 from changedet._crater_scale import LOCAL_TRUNCATE, TRUNCATE, Scales, make_scales, suppress
 from changedet.change import gsd_of
 from changedet.errors import BandMismatchError, ChangedetError
@@ -85,6 +92,8 @@ COLUMNS = (
     "roundness",
     "ejecta",
     "shading",
+    "greenness",
+    "blueness",
     "persistence",
     "change",
     "new",
@@ -147,13 +156,32 @@ class CraterParams:
         Least ``score`` of a returned detection.
     max_persistence
         With a before image: a crater is ``new`` when the before image's ring-minus-interior
-        contrast at the same place is below this share of the after image's.
+        contrast at the same place, weighted by its enclosure, by ``1 - ramp(greenness)`` and by
+        the correlation of the before with the after image within 2 R (an older crater looks
+        the same), is below this share of the after image's.
     persistence_search
         The before image is searched for that contrast at the same radius within
         ``max(1 px, persistence_search × R)`` of the centre (a 3 × 3 grid of offsets), so
         residual misregistration or a shadow that moved with the sun does not read as new.
     min_change_score
         With a change map: the least mean change ``score`` in the disc for ``new``.
+    vegetation_ramp
+        Excess-green index ``(2G − R − B) / (R + G + B)`` of the bowl (``ρ < 0.75 R``): a tree
+        crown or bush is a dark round blob too, but green (leaves reflect green more than red
+        and blue: 0.15–0.45 for foliage, 0.2–0.3 for grass), while a crater's bowl is bare,
+        disturbed soil (about 0; dry soil is reddish). The after blob's score is scaled by
+        ``1 - ramp(greenness)``; in the before image a green blob is vegetation, not an older
+        crater, so it does not count towards ``persistence`` (craters blasted where a tree stood
+        stay ``new``). Needs the red, green and blue bands; skipped for fewer than 3 bands.
+    shadow_ramp
+        Blue shift of the bowl, ``b(interior) − b(ring)`` with the blue chromaticity
+        ``b = B / (R + G + B)``: a cast shadow is lit only by the blue sky, so it is bluer than
+        the sunlit ground around it (0.04–0.1 on soil); a crater's bowl is mostly sunlit,
+        disturbed soil with a small shadowed wall (within ±0.02). Moved building, tree and car
+        shadows are dark, round enough and new, but blue: the score is scaled by
+        ``1 - ramp(blueness)``. Needs the red, green and blue bands.
+    rgb_bands
+        Indices of the red, green and blue bands (0-based).
     min_valid
         Least share of valid (non-NaN) pixels within 3 R of a detection.
     tile_px
@@ -177,6 +205,9 @@ class CraterParams:
     max_persistence: float = 0.5
     persistence_search: float = 0.25
     min_change_score: float = 0.1
+    vegetation_ramp: tuple[float, float] = (0.06, 0.14)
+    shadow_ramp: tuple[float, float] = (0.025, 0.05)
+    rgb_bands: tuple[int, int, int] = (0, 1, 2)
     min_valid: float = 0.8
     tile_px: int = 1024
 
@@ -186,7 +217,16 @@ class CraterParams:
                 f"CraterParams: need 0 < min_diameter_m < max_diameter_m, got "
                 f"{self.min_diameter_m} and {self.max_diameter_m} (metres); swap or fix them"
             )
-        for name in ("contrast", "weber", "enclosure", "roundness", "ejecta", "shading"):
+        for name in (
+            "contrast",
+            "weber",
+            "enclosure",
+            "roundness",
+            "ejecta",
+            "shading",
+            "vegetation",
+            "shadow",
+        ):
             for suffix in ("_ramp", "_ramp_no_elevation") if name == "shading" else ("_ramp",):
                 lo, hi = getattr(self, name + suffix)
                 if not lo < hi:
@@ -201,6 +241,75 @@ def _luminance(raster: xr.DataArray, name: str) -> xr.DataArray:
     if tuple(raster.dims) != ("band", "y", "x"):
         raise ChangedetError(name, f"has dims {tuple(raster.dims)}", "Pass a (band, y, x) raster.")
     return raster.astype("float32").mean("band", skipna=False)
+
+
+def _greenness(raster: xr.DataArray, bands: tuple[int, int, int]) -> xr.DataArray | None:
+    """Excess-green index ``(2G − R − B) / (R + G + B)`` (NaN where the sum is not positive)."""
+    if raster.sizes["band"] < 3:
+        return None
+    if max(bands) >= raster.sizes["band"] or min(bands) < 0:
+        raise ValueError(
+            f"CraterParams.rgb_bands {bands} do not exist in a {raster.sizes['band']}-band raster"
+        )
+    r, g, b = (raster.isel(band=i).astype("float32") for i in bands)
+    total = r + g + b
+    return (2 * g - r - b) / total.where(total > 0)
+
+
+def _blue_share(raster: xr.DataArray, bands: tuple[int, int, int]) -> xr.DataArray | None:
+    """Blue chromaticity ``B / (R + G + B)`` (NaN where the sum is not positive)."""
+    if raster.sizes["band"] < 3:
+        return None
+    r, g, b = (raster.isel(band=i).astype("float32") for i in bands)
+    total = r + g + b
+    return b / total.where(total > 0)
+
+
+def _annulus_mean(
+    arr: np.ndarray, row: int, col: int, dy: float, dx: float, r_in: float, r_out: float
+) -> float:
+    """Mean of the finite values of ``arr`` with ``r_in <= ρ < r_out`` px from the centre."""
+    half = math.ceil(r_out) + 2
+    win = window(arr, row, col, half)
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    rho = np.hypot(yy - dy, xx - dx)
+    vals = win[(rho >= r_in) & (rho < r_out)]
+    vals = vals[np.isfinite(vals)]
+    return float(vals.mean()) if vals.size else math.nan
+
+
+def _disc_mean(arr: np.ndarray, row: int, col: int, dy: float, dx: float, radius: float) -> float:
+    """Mean of the finite values of ``arr`` within ``radius`` px of ``(row + dy, col + dx)``."""
+    half = math.ceil(radius) + 2
+    win = window(arr, row, col, half)
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    vals = win[np.hypot(yy - dy, xx - dx) < radius]
+    vals = vals[np.isfinite(vals)]
+    return float(vals.mean()) if vals.size else math.nan
+
+
+def _similarity(
+    wa: np.ndarray, wb: np.ndarray, dy: float, dx: float, oy: float, ox: float, radius: float
+) -> float:
+    """Correlation of the after window ``wa`` with ``wb`` shifted by ``(oy, ox)`` within ``2 R``.
+
+    ``wa`` and ``wb`` are windows centred on the same pixel (``wb`` may be larger); the crater
+    centre is at ``(dy, dx)`` from it. NaN-free pixels only; 0 when too few or flat.
+    """
+    from scipy import ndimage
+
+    ha, hb = (wa.shape[0] - 1) // 2, (wb.shape[0] - 1) // 2
+    yy, xx = np.mgrid[-ha : ha + 1, -ha : ha + 1].astype(np.float64)
+    disc = np.hypot(yy - dy, xx - dx) < 2.0 * radius
+    a = wa[disc]
+    coords = [yy[disc] + oy + hb, xx[disc] + ox + hb]
+    b = ndimage.map_coordinates(wb, coords, order=1, mode="constant", cval=np.nan)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 8:
+        return 0.0
+    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
+    den = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b) / den if den > 0 else 0.0
 
 
 def _range_stats(lum: xr.DataArray) -> tuple[float, float, float]:
@@ -229,6 +338,9 @@ def _detect_tile(
     after_l: np.ndarray,
     before_l: np.ndarray | None,
     change: np.ndarray | None,
+    green_a: np.ndarray | None,
+    green_b: np.ndarray | None,
+    blue_a: np.ndarray | None,
     *,
     origin: tuple[int, int],
     core: tuple[int, int, int, int],
@@ -262,13 +374,23 @@ def _detect_tile(
     p = params
     found = []
     offset = lo / rng_  # data value 0 in units of the range
-    for row_f, col_f, r0, resp, local_mean in cand:
-        # cheap screen: a normalised LoG peak is ~0.8 x the interior's darkness; measure only
-        # blobs that can reach the Weber contrast ramp
-        if resp / 0.8 < 0.5 * p.weber_ramp[0] * max(local_mean + offset, 1e-9):
-            continue
-        row, col = int(row_f), int(col_f)  # block centres are integers or .5: floor is stable
-        m = measure(lum, row, col, r0, sun_px=sun_px, noise_floor=0.005)
+    # cheap screen: a normalised LoG peak is ~0.8 x the interior's darkness; measure only
+    # blobs that can reach the Weber contrast ramp
+    cand = cand[cand[:, 3] / 0.8 >= 0.5 * p.weber_ramp[0] * np.maximum(cand[:, 4] + offset, 1e-9)]
+    # block centres are integers or .5: floor is stable
+    irow, icol = np.floor(cand[:, 0]).astype(int), np.floor(cand[:, 1]).astype(int)
+    ref_dy, ref_dx, ref_r = refine_all(filled, irow, icol, cand[:, 2])
+    for k, (row_f, col_f, r0) in enumerate(cand[:, :3]):
+        row, col = int(irow[k]), int(icol[k])
+        m = measure(
+            lum,
+            row,
+            col,
+            r0,
+            sun_px=sun_px,
+            noise_floor=0.005,
+            refined=(float(ref_dy[k]), float(ref_dx[k]), float(ref_r[k])),
+        )
         if m is None or m.valid < p.min_valid or m.depth <= 0:
             continue
         if math.hypot(m.row + m.dy - row_f, m.col + m.dx - col_f) > r0:
@@ -292,6 +414,19 @@ def _detect_tile(
                 parts.append(ramp(m.shading, lo_s * expected_dipole, hi_s * expected_dipole))
             else:
                 parts.append(ramp(m.shading, *p.shading_ramp_no_elevation))
+        greenness = math.nan
+        if green_a is not None:
+            greenness = _disc_mean(green_a, m.row, m.col, m.dy, m.dx, 0.75 * m.radius_px)
+            if np.isfinite(greenness):
+                parts.append(1 - ramp(greenness, *p.vegetation_ramp))
+        blueness = math.nan
+        if blue_a is not None:
+            r_px = m.radius_px
+            blueness = _disc_mean(blue_a, m.row, m.col, m.dy, m.dx, 0.75 * r_px) - _annulus_mean(
+                blue_a, m.row, m.col, m.dy, m.dx, 1.15 * r_px, 2.0 * r_px
+            )
+            if np.isfinite(blueness):
+                parts.append(1 - ramp(blueness, *p.shadow_ramp))
         score = float(np.prod(parts))
         if score < p.score_threshold:
             continue
@@ -309,6 +444,8 @@ def _detect_tile(
             "roundness": m.roundness,
             "ejecta": m.ejecta,
             "shading": m.shading,
+            "greenness": greenness,
+            "blueness": blueness,
             "persistence": math.nan,
             "change": math.nan,
             "new": None,
@@ -327,12 +464,25 @@ def _detect_tile(
             # misregistration and shadows that moved with the sun must not make a blob "new"
             reach_b = max(1.0, p.persistence_search * m.radius_px)
             wb = window(lum_b, m.row, m.col, half + math.ceil(reach_b))
+            wa = window(lum, m.row, m.col, half)
             depths = []
             for oy, ox in itertools.product((-reach_b, 0.0, reach_b), repeat=2):
                 st = rings(wb, m.dy + oy, m.dx + ox, m.radius_px, None)
                 if st["valid"] >= p.min_valid and np.isfinite(st["depth"]):
-                    # an enclosed dark blob, not the side of a road or a roof edge
-                    depths.append(st["depth"] * ramp(st["enclosure"], *p.enclosure_ramp))
+                    # an enclosed dark blob, not the side of a road or a roof edge; and not a
+                    # green one: a tree crown or bush that the blast removed is no older crater
+                    weight = ramp(st["enclosure"], *p.enclosure_ramp)
+                    if green_b is not None:
+                        g_b = _disc_mean(
+                            green_b, m.row, m.col, m.dy + oy, m.dx + ox, 0.75 * m.radius_px
+                        )
+                        if np.isfinite(g_b):
+                            weight *= 1 - ramp(g_b, *p.vegetation_ramp)
+                    # and the same thing: an older crater looks as it does now (bowl, rim and
+                    # ejecta in place), while a dark road crossing or a building's shadow where
+                    # a crater now lies does not resemble it
+                    weight *= max(_similarity(wa, wb, m.dy, m.dx, oy, ox, m.radius_px), 0.0)
+                    depths.append(st["depth"] * weight)
             if depths:
                 persistence = max(max(depths), 0.0) / m.depth
                 rec["persistence"] = persistence
@@ -430,8 +580,9 @@ def detect_craters(
     geopandas.GeoDataFrame
         One row per crater in the scene CRS, sorted by ``y`` then ``x`` (``id`` follows that
         order): ``geometry`` (centre point), ``x``, ``y``, ``diameter_m``, ``score``,
-        ``contrast``, ``snr``, ``enclosure``, ``roundness``, ``ejecta``, ``shading``,
-        ``persistence`` (before contrast / after contrast), ``change`` (mean change score in
+        ``contrast``, ``weber``, ``snr``, ``enclosure``, ``roundness``, ``ejecta``, ``shading``,
+        ``greenness`` and ``blueness`` (NaN with fewer than 3 bands), ``persistence`` (before
+        contrast, weighted by enclosure, non-greenness and similarity, / after contrast), ``change`` (mean change score in
         1.5 R), ``new``, ``newness_verified``, ``on``. Empty (same columns and CRS) when none.
 
     Raises
@@ -473,6 +624,9 @@ def detect_craters(
                 f"{after_l.shape[0]}×{after_l.shape[1]} px",
                 "Put both on one grid first (changedet.align, then changedet.coregister).",
             )
+    green_a = _greenness(after, params.rgb_bands)
+    green_b = None if before is None else _greenness(before, params.rgb_bands)
+    blue_a = _blue_share(after, params.rgb_bands)
     change_map = change["score"] if isinstance(change, xr.Dataset) else change
     if change_map is not None and tuple(change_map.shape) != tuple(after_l.shape):
         raise ChangedetError(
@@ -545,11 +699,15 @@ def detect_craters(
                 after_l.data[sl],
                 None if before_l is None else before_l.data[sl],
                 None if change_map is None else change_map.data[sl],
+                None if green_a is None else green_a.data[sl],
+                None if green_b is None else green_b.data[sl],
+                None if blue_a is None else blue_a.data[sl],
             ]
             tile_kw = {"origin": (sy0, sx0), "core": (ya, yb, xa, xb), **kw}
             tasks.append((args, tile_kw))
     lazy = lazy or any(
-        x is not None and not isinstance(x.data, np.ndarray) for x in (before_l, change_map)
+        x is not None and not isinstance(x.data, np.ndarray)
+        for x in (before_l, change_map, green_a, green_b, blue_a)
     )
     if lazy:
         import dask

@@ -266,3 +266,78 @@ def test_detect_craters__change_map_is_extra_evidence(scene) -> None:
     calm["score"] = calm["score"] * 0
     quiet = detect_craters(a, b, change=calm, sun_azimuth_deg=135.0, sun_elevation_deg=45.0)
     assert not quiet.new.any()
+
+
+def _colour(img: np.ndarray, mask: np.ndarray, tint: tuple[float, float, float]) -> np.ndarray:
+    """RGB bands of a luminance image: dry soil colour, ``tint`` (mean 1) inside ``mask``."""
+    soil = np.array([1.08, 1.0, 0.92])[:, None, None]
+    colour = np.where(mask[None], np.array(tint)[:, None, None], soil)
+    return (img[None] * colour).astype(np.float32)
+
+
+def _one_crater(d_m: float = 8.0) -> tuple[np.ndarray, np.ndarray]:
+    after = render((128, 128), craters=[(64.0, 64.0, d_m)], seed=11)
+    yy, xx = np.mgrid[0:128, 0:128]
+    bowl = np.hypot(yy - 64.0, xx - 64.0) < 0.95 * d_m / 2 / GSD
+    return after, bowl
+
+
+def test_detect_craters__green_round_blob_is_vegetation_not_a_crater() -> None:
+    after, bowl = _one_crater()
+    sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
+    bare = detect_craters(raster(_colour(after, bowl, (1.08, 1.0, 0.92))), **sun)
+    assert len(bare) == 1 and abs(bare.greenness[0]) < 0.05
+    # the same dark round blob, but green (foliage reflects green more than red and blue)
+    green = detect_craters(raster(_colour(after, bowl, (0.85, 1.3, 0.85))), **sun)
+    assert len(green) == 0
+    # grey (one band): no colour, the test is skipped
+    assert np.isnan(detect_craters(raster(after), **sun).greenness[0])
+
+
+def test_detect_craters__blue_dark_blob_is_a_shadow_not_a_crater() -> None:
+    after, bowl = _one_crater()
+    # lit by the sky only, a shadow is bluer than the sunlit soil around it
+    shadow = detect_craters(raster(_colour(after, bowl, (0.88, 0.95, 1.17))))
+    assert len(shadow) == 0
+    found = detect_craters(raster(_colour(after, bowl, (1.08, 1.0, 0.92))))
+    assert len(found) == 1 and abs(found.blueness[0]) < 0.02
+
+
+def test_detect_craters__crater_where_a_tree_stood_is_new() -> None:
+    d = 8.0
+    after, bowl = _one_crater(d)
+    before = render((128, 128), trees=[(64.0, 64.0, d)], seed=11)
+    yy, xx = np.mgrid[0:128, 0:128]
+    crown = np.hypot(yy - 64.0, xx - 64.0) < d / 2 / GSD
+    found = detect_craters(
+        raster(_colour(after, bowl, (1.08, 1.0, 0.92))),
+        raster(_colour(before, crown, (0.8, 1.35, 0.85))),
+        sun_azimuth_deg=135.0,
+        sun_elevation_deg=45.0,
+    )
+    assert len(found) == 1
+    assert found.new[0] is True and found.newness_verified[0]
+    # an older crater (the same crater before) stays not new
+    old = detect_craters(
+        raster(_colour(after, bowl, (1.08, 1.0, 0.92))),
+        raster(
+            _colour(render((128, 128), craters=[(64.0, 64.0, d)], seed=11), bowl, (1.08, 1.0, 0.92))
+        ),
+        sun_azimuth_deg=135.0,
+        sun_elevation_deg=45.0,
+    )
+    assert old.new.tolist() == [False]
+
+
+def test_refine_all__matches_per_candidate_refine() -> None:
+    from changedet._crater_measure import WINDOW_RADII, refine, refine_all, window
+
+    img = render((160, 160), craters=[(50.0, 60.0, 6.0), (110.0, 100.0, 14.0)], seed=2)
+    lum = (img - img.min()) / np.ptp(img)
+    rows, cols, r0 = np.array([51, 108]), np.array([59, 101]), np.array([5.0, 12.0])
+    dy, dx, r = refine_all(lum, rows, cols, r0)
+    for k in range(2):
+        half = math.ceil(WINDOW_RADII * 1.6 * r0[k]) + 2
+        ey, ex, er = refine(window(lum, int(rows[k]), int(cols[k]), half), float(r0[k]))
+        assert abs(dy[k] - ey) < 0.3 and abs(dx[k] - ex) < 0.3
+        assert abs(r[k] - er) < 0.05 * er
