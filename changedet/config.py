@@ -82,16 +82,28 @@ class CoregisterConfig:
         "Model fitted to the local tie points: one shift, an affine, or affine + smooth field.",
         default="affine",
     )
-    window_px: int = _doc("Correlation window size in pixels (square).", default=256)
-    step_px: int = _doc(
-        "Tie-point grid spacing in pixels (local method); reduced on small scenes so that at "
-        "least 8 windows fit along the shorter side.",
-        default=512,
+    window_m: float = _doc(
+        "Correlation window size in metres (square); converted with the before raster's GSD "
+        "and kept within 64-1024 px (128 m = 256 px at 0.5 m, 427 px at 0.3 m, 128 px at 1 m).",
+        default=128.0,
     )
+    step_m: float = _doc(
+        "Tie-point grid spacing in metres (local method; 32-4096 px); reduced on small scenes so "
+        "that at least 8 windows fit along the shorter side.",
+        default=256.0,
+    )
+    max_shift_m: float = _doc(
+        "Largest displacement (metres) a window may have relative to the global estimate "
+        "(32-256 px).",
+        default=16.0,
+    )
+    window_px: int | None = _doc(
+        "Window size in pixels; when set, overrides window_m.", default=None
+    )
+    step_px: int | None = _doc("Grid spacing in pixels; when set, overrides step_m.", default=None)
     global_windows: int = _doc("Number of sample windows of the global estimate.", default=25)
-    max_shift_px: int = _doc(
-        "Largest displacement (pixels) a window may have relative to the global estimate.",
-        default=32,
+    max_shift_px: int | None = _doc(
+        "Largest displacement in pixels; when set, overrides max_shift_m.", default=None
     )
     iterations: int = _doc(
         "Re-measurements of each window after resampling at the current estimate.", default=3
