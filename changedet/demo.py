@@ -76,11 +76,12 @@ def run_demo(
     written = []
     for site in find_sites(tiles):
         site_out = Path(out) / site.name
-        figure = plot_before_after(
-            site / "before.tif", site / "after.tif", site_out / "before_after.png"
-        )
         if not pipeline:
-            written.append(figure)
+            written.append(
+                plot_before_after(
+                    site / "before.tif", site / "after.tif", site_out / "before_after.png"
+                )
+            )
             continue
         az, el = _sun_after(site)
         footprints = site / "footprints.geojson"
@@ -92,6 +93,8 @@ def run_demo(
             sun_azimuth_deg=az,
             sun_elevation_deg=el,
         )
+        # after the run: the pipeline refuses a non-empty folder that holds no run of its own
+        plot_before_after(site / "before.tif", site / "after.tif", site_out / "before_after.png")
         new = int((res.craters["new"] == True).sum()) if len(res.craters) else 0  # noqa: E712
         damaged = int(res.damage["damage_class"].isin(["destroyed", "severe", "moderate"]).sum())
         line = (
