@@ -51,6 +51,7 @@ import logging
 import math
 import os
 import time
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -402,7 +403,7 @@ def _check_inputs(before: xr.DataArray, after: xr.DataArray, sizes: _Sizes) -> N
 # ---------------------------------------------------------------------------- stage objects
 
 
-class _Coregistration:
+class _Coregistration(ABC):
     """Shared ``apply`` / gate logic."""
 
     method = "base"
@@ -425,8 +426,9 @@ class _Coregistration:
             )
         return self._result
 
-    def fit(self, before: xr.DataArray, after: xr.DataArray) -> _Coregistration:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def fit(self, before: xr.DataArray, after: xr.DataArray) -> _Coregistration:
+        """Estimate the displacement of ``after`` relative to ``before`` (each method its own)."""
 
     def apply(self, after: xr.DataArray) -> xr.DataArray:
         """Resample ``after`` onto the before grid by the fitted model (lazy on Dask input).
