@@ -346,6 +346,14 @@ def write_cog(
     if da.rio.crs is None:
         raise MissingCRSError(da.name, "Set one with `da.rio.write_crs(...)` before writing.")
     out = da
+    if "band" in out.dims and "long_name" not in out.attrs:
+        # rioxarray would stamp the array's name on every band; readers such as AROSICS refuse
+        # duplicate band names, so give each band its own description.
+        stem = str(out.name) if out.name is not None else "band"
+        n = out.sizes["band"]
+        out = out.assign_attrs(
+            long_name=tuple(f"{stem} {k + 1}" for k in range(n)) if n > 1 else stem
+        )
     if np.issubdtype(out.dtype, np.floating):
         out = out.rio.write_nodata(np.nan if nodata is None else nodata, encoded=False)
         if nodata is not None:
