@@ -740,3 +740,25 @@ def detect_craters(
     out.attrs["sun_azimuth_deg"] = sun_azimuth_deg
     out.attrs["sun_elevation_deg"] = sun_elevation_deg
     return out
+
+
+def new_craters(craters: gpd.GeoDataFrame | None) -> gpd.GeoDataFrame | None:
+    """The detections claimed as new craters: ``new`` true, or unknown (single-image mode).
+
+    Detections with ``new`` false were already in the before image: they are not evidence of
+    the event and are left out of evaluation and facility scores. Reads ``new`` as written to
+    files too (booleans, or the strings ``"true"``/``"false"``).
+
+    Examples
+    --------
+    >>> import geopandas as gpd
+    >>> from shapely.geometry import Point
+    >>> g = gpd.GeoDataFrame({"new": [True, False, None]}, geometry=[Point(0, 0)] * 3)
+    >>> len(new_craters(g))
+    2
+    """
+    if craters is None or craters.empty or "new" not in craters.columns:
+        return craters
+    flag = craters["new"]
+    keep = flag.isna() | (flag.astype(str).str.lower() == "true")
+    return craters[keep.to_numpy()].reset_index(drop=True)

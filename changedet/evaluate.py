@@ -41,6 +41,7 @@ import geopandas as gpd
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from changedet.craters import new_craters
 from changedet.errors import ChangedetError, UnreadableFileError
 
 DAMAGED = ("destroyed", "severe", "moderate")
@@ -98,15 +99,6 @@ def match_craters(
         for r, c in zip(rows, cols, strict=True)
         if cost[r, c] < big
     ]
-
-
-def new_craters(detected: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """The detections claimed as new: ``new`` true or unknown (single-image mode)."""
-    if "new" not in detected.columns or detected.empty:
-        return detected
-    flag = detected["new"]
-    keep = flag.isna() | (flag.astype(str).str.lower() == "true")
-    return detected[keep.to_numpy()].reset_index(drop=True)
 
 
 def _scene_area_km2(truth_dir: Path, truth_damage: gpd.GeoDataFrame) -> float:

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 from shapely.geometry.base import BaseGeometry
 
+from changedet.craters import new_craters
 from changedet.errors import FacilityError, MissingCRSError
 
 PathLike = str | os.PathLike[str]
@@ -147,16 +148,6 @@ def validate_facilities(
     return gdf.reset_index(drop=True)
 
 
-def _new(craters: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    if craters is None or len(craters) == 0:
-        return craters
-    if "new" not in craters.columns:
-        return craters
-    flag = craters["new"]
-    keep = flag.isna() | (flag.astype(str).str.lower() == "true")
-    return craters[keep.to_numpy()]
-
-
 def score_facilities(
     facilities: gpd.GeoDataFrame,
     craters: gpd.GeoDataFrame | None,
@@ -220,7 +211,7 @@ def score_facilities(
             "no facility lies inside the scene",
             "Check that the facility list and the images cover the same place.",
         )
-    new = _new(craters)
+    new = new_craters(craters)
     rows: dict[str, list[Any]] = {f"craters_within_{r:g}m": [] for r in rings}
     nearest, nearest_id, largest = [], [], []
     for geom in fac.geometry:
