@@ -272,3 +272,119 @@ def test_sizes__metres_and_pixels() -> None:
     old = CoregisterConfig()  # works with the pixel-only config too
     s = _resolve_sizes(old, before)
     assert s.window == getattr(old, "window_px", None) or s.window > 0
+
+
+# ---------------------------------------------------------------------------- speed-path pieces
+
+
+def _reference_windows(data: np.ndarray, corners: np.ndarray, size: int) -> np.ndarray:
+    """Band-mean windows cut one by one from a NaN-padded copy (the obvious, slow way)."""
+    pad = 150  # more than any window lies outside the raster in the test
+    padded = np.pad(
+        data.astype(np.float64), ((0, 0), (pad, pad), (pad, pad)), constant_values=np.nan
+    )
+    lum = padded.mean(axis=0)
+    return np.stack([lum[r + pad : r + pad + size, c + pad : c + pad + size] for r, c in corners])
+
+
+@pytest.mark.parametrize("chunks", [None, {"y": 37, "x": 53}])
+def test_read_windows__runs_equal_one_by_one_slicing(chunks: dict | None) -> None:
+    from changedet.coregister import _read_windows
+
+    rng = np.random.default_rng(3)
+    data = rng.uniform(0, 200, (3, 150, 230)).astype(np.float32)
+    data[1, 40:45, 60:90] = np.nan
+    raster = make_raster(data)
+    if chunks is not None:
+        raster = raster.chunk(chunks)
+    rows = np.repeat([-10, 20, 130], 6)  # runs along rows, partly outside the raster
+    cols = np.tile([-20, 5, 30, 90, 160, 215], 3)  # touching, overlapping and gapped windows
+    extra = np.array([[-60, 10], [60, -60], [200, 300], [70, 100]])  # fully outside or inside
+    corners = np.vstack([np.column_stack([rows, cols]), extra])
+    small, large = _read_windows((raster.data, corners, 32), (raster.data, corners - 4, 40))
+    for got, size, cor in ((small, 32, corners), (large, 40, corners - 4)):
+        want = _reference_windows(data, cor, size)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(np.nan_to_num(got), np.nan_to_num(want), rtol=1e-6)
+
+
+def _textured_windows(shift: tuple[float, float], n: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` before windows (66²) and after windows (66² + 2x20 margin) shifted by ``shift``."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(8)
+    img = ndimage.gaussian_filter(rng.normal(size=(200, 200 * n)), 1.5).astype(np.float32)
+    img = img - img.min() + 1  # positive luminance
+    moved = warp_image(img, np.array([[1, 0, shift[0]], [0, 1, shift[1]]], float))
+    before = np.stack([img[60:126, 200 * k + 60 : 200 * k + 126] for k in range(n)])
+    after = np.stack([moved[40:146, 200 * k + 40 : 200 * k + 146] for k in range(n)])
+    return before, after
+
+
+def test_measure_windows__block_size_and_early_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of any size give the same result; a window stops once its update is small."""
+    from changedet import _coreg_phase
+
+    before, after = _textured_windows((2.37, -1.62))
+    whole = _coreg_phase.measure_windows(before, after, 20, iterations=3, block=32)
+    for block in (1, 4):
+        part = _coreg_phase.measure_windows(before, after, 20, iterations=3, block=block)
+        np.testing.assert_allclose(part.dx, whole.dx, atol=1e-4)
+        np.testing.assert_allclose(part.reliability, whole.reliability, atol=1e-6)
+    np.testing.assert_allclose(whole.dx, 2.37, atol=0.03)
+    np.testing.assert_allclose(whole.dy, -1.62, atol=0.03)
+    # with a huge stop threshold every window stops after its first re-measurement
+    monkeypatch.setattr(_coreg_phase, "STOP_PX", 1e9)
+    once = _coreg_phase.measure_windows(before, after, 20, iterations=1)
+    capped = _coreg_phase.measure_windows(before, after, 20, iterations=3)
+    np.testing.assert_array_equal(capped.dx, once.dx)
+    assert not np.array_equal(once.dx, whole.dx)  # ... which a real threshold does not do
+
+
+def test_shadow_helpers__fast_versions_match_references() -> None:
+    from scipy import ndimage
+
+    from changedet._coreg_phase import (
+        _minimum_filter,
+        common_shadow_weight,
+        shadow_weight,
+        window_quantiles,
+    )
+
+    rng = np.random.default_rng(5)
+    x = rng.random((3, 23, 31)).astype(np.float32)
+    for size in (2, 3, 5):
+        np.testing.assert_array_equal(
+            _minimum_filter(x, size), ndimage.minimum_filter(x, (1, size, size), mode="nearest")
+        )
+    lo, med = window_quantiles(x, (0.01, 0.5), stride=1)
+    flat = x.reshape(3, -1)
+    np.testing.assert_allclose(med[:, 0, 0], np.quantile(flat, 0.5, axis=1, method="nearest"))
+    np.testing.assert_allclose(lo[:, 0, 0], np.quantile(flat, 0.01, axis=1, method="nearest"))
+    # the half-resolution common weight follows the full-resolution product of both weights
+    before, after, _ = make_pair((1, 300, 300), shift_px=(1.3, -0.6), seed=9)
+    b = before.values[:, 20:278, 20:278].astype(np.float32)
+    a = after.values[:, 20:278, 20:278].astype(np.float32)
+    full = shadow_weight(b) * shadow_weight(a)
+    half = common_shadow_weight(b, a)
+    assert half.shape == full.shape
+    assert 0.02 < float((full < 0.01).mean())  # the scene has shadows
+    assert float(np.abs(half - full).mean()) < 0.05
+    assert float(half[full < 0.01].max()) < 0.5  # shadows stay (nearly) excluded
+
+
+def test_global_shift__windows_split_over_cores_same_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import changedet.coregister as coreg_mod
+
+    before, after, _ = make_pair((1, 512, 512), shift_px=(-2.6, 4.1), seed=12)
+    monkeypatch.setattr(coreg_mod, "_cores", lambda: 1)
+    one = GlobalShift(window_px=128).fit(before, after).result
+    monkeypatch.setattr(coreg_mod, "_cores", lambda: 3)
+    three = GlobalShift(window_px=128).fit(before, after).result
+    cols = ["col", "row", "dx", "dy", "reliability"]
+    np.testing.assert_array_equal(
+        one.tie_points[cols].to_numpy(), three.tie_points[cols].to_numpy()
+    )
+    assert one.shift_px == pytest.approx((-2.6, 4.1), abs=0.05)
