@@ -7,18 +7,22 @@ pixels change structure; a moved shadow or a residual gain difference changes br
 keeps structure and scores low.
 
 With footprints (GeoJSON/GeoPackage, e.g. OpenStreetMap or Microsoft building footprints), each
-building gets the share of its assessable pixels that are damaged, and a class after UNOSAT:
+building gets the share and the area of its assessable pixels that are damaged, and a class
+after UNOSAT:
 
-============================  ============================================
-class                          damaged share of the footprint (defaults)
-============================  ============================================
-``destroyed``                  ≥ 0.60
-``severe``                     ≥ 0.35
-``moderate``                   ≥ 0.15
-``possible``                   ≥ 0.05
+============================  ===============================================================
+class                          damaged part of the footprint (defaults)
+============================  ===============================================================
+``destroyed``                  share ≥ 0.60
+``severe``                     share ≥ 0.35
+``moderate``                   share ≥ 0.15, or ≥ 8 m² damaged (a roof hole and its debris)
+``possible``                   share ≥ 0.05
 ``no visible damage``          below that
 ``not assessable``             < 50 % of the footprint assessable
-============================  ============================================
+============================  ===============================================================
+
+The area rule matters on large roofs: a hole with debris round it is moderate damage on a
+600 m² hospital as on a 60 m² house, where a share alone would call it ``possible`` or nothing.
 
 Footprints are shrunk first, by ``edge_buffer_m`` or ``edge_fraction`` of their width whichever
 is larger, so that walls, eaves, parapet shadows and residual misregistration at the edges do
@@ -26,11 +30,14 @@ not count.
 
 When the co-registered pair is passed too (``before=``, ``after=``), a pixel counts as damaged on
 image evidence (:func:`damage_evidence`) rather than on the change score: the roof's structure is
-lost (low before/after correlation) *and* the change is what rubble or fire does (new rough
-texture beyond a planar trend, or strong darkening), over an area (morphological opening). A
-moved shadow darkens a roof but keeps its texture; its straight edge, walls and misregistration
-are thin lines. The change score alone lights up all of these when the sun moves between dates. Without footprints, damaged pixels are pooled on a
-coarse grid (``region_cell_m``), and connected cells over ``min_region_m2`` become regions.
+lost (low before/after correlation) *and* the change is what rubble or fire does, over an area
+(morphological opening): new rough texture that edges do not explain, in a change that is itself
+rough (rubble replaces the roof pixel by pixel, while light multiplies a surface by one factor,
+so the after/before ratio is flat inside a moved shadow), or strong darkening (soot, voids).
+The change score alone lights up moved shadows (of buildings and of water tanks, stairwells
+and parapets on roofs), walls and misregistration when the sun moves between dates. Without
+footprints, damaged pixels are pooled on a coarse grid (``region_cell_m``), and connected cells
+over ``min_region_m2`` become regions.
 
 All statistics are accumulated chunk by chunk (footprints rasterised per chunk), so memory stays
 bounded by the chunk size.
@@ -85,10 +92,21 @@ class DamageParams:
         Image evidence: a pixel is damaged only where the before/after structure correlation
         (SSIM's structure term, regularised so that featureless areas count as unchanged) is
         below this: a moved shadow or a gain change keeps the roof's structure, rubble does not.
+    texture_window_m
+        Side of the square windows of the texture measure: the local standard deviation is
+        the second smallest over the four windows that have the pixel at a corner, so that the
+        straight edges and corners of shadows, walls and roof objects do not count as texture
+        (rubble is rough in every window, or all but one at the corner of a slab fragment).
+        About the size of a rubble block or void; at least 3 pixels.
     min_texture_gain
-        ... and where the local texture (standard deviation beyond a locally planar trend, so
-        that a straight shadow edge or wall does not count) grows by more than this
-        (``log σ_after/σ_before``): rubble is rough ...
+        ... and where that texture grows by more than this (``log σ_after/σ_before``): rubble
+        is rough ...
+    min_change_texture
+        ... and where the change itself is rough: the log-ratio after/before varies by more
+        than this (standard deviation, same corner windows). Light multiplies a surface by one
+        factor, so inside a moved shadow (of a water tank or stairwell on the roof) the ratio
+        is flat and steps only at the shadow's edges; 0.05 (5 %) is a few times the sensor
+        noise of a mid-grey pixel. ...
     max_log_darkening
         ... or the area darkens beyond this (``log`` of the after/before mean brightness):
         a burnt roof (soot) or a void.
@@ -100,6 +118,12 @@ class DamageParams:
         rough patches of one rubble field count as damaged.
     destroyed, severe, moderate, possible
         Lower bounds of the damaged share of a footprint for each class.
+    moderate_area_m2
+        A footprint whose damaged area reaches this is at least ``moderate`` whatever its
+        share: 8 m² is a hole of about 1.5 m across with the debris round it, visible
+        structural damage on a 600 m² hospital as on a 60 m² house, where a share alone would
+        call it ``possible`` or nothing on the large roof. It is about 2.5 times the smallest
+        patch the ``min_extent_m`` opening keeps (a disc of 1 m radius, π m²).
     min_assessable_share
         Below this share of assessable pixels a footprint is ``not assessable``.
     region_cell_m
@@ -115,7 +139,9 @@ class DamageParams:
     window_sigma_m: float = 0.75
     truncate: float = 3.5
     max_correlation: float = 0.3
+    texture_window_m: float = 1.5
     min_texture_gain: float = 0.2
+    min_change_texture: float = 0.05
     max_log_darkening: float = -0.4
     min_extent_m: float = 1.0
     fill_gap_m: float = 1.0
@@ -123,6 +149,7 @@ class DamageParams:
     severe: float = 0.35
     moderate: float = 0.15
     possible: float = 0.05
+    moderate_area_m2: float = 8.0
     min_assessable_share: float = 0.5
     region_cell_m: float = 2.0
     region_min_share: float = 0.5
@@ -134,14 +161,23 @@ class DamageParams:
                 "damage class bounds must satisfy 0 <= possible <= moderate <= severe <= destroyed <= 1"
             )
 
-    def classify(self, share: float, assessable_share: float) -> str:
-        """The UNOSAT class for a damaged share and an assessable share."""
+    def classify(self, share: float, assessable_share: float, damaged_m2: float = 0.0) -> str:
+        """The UNOSAT class for a damaged share, an assessable share and a damaged area.
+
+        Examples
+        --------
+        >>> p = DamageParams()
+        >>> p.classify(0.4, 1.0), p.classify(0.02, 1.0), p.classify(0.02, 1.0, damaged_m2=12.0)
+        ('severe', 'no visible damage', 'moderate')
+        """
         if not assessable_share >= self.min_assessable_share:
             return "not assessable"
-        for name in ("destroyed", "severe", "moderate", "possible"):
+        for name in ("destroyed", "severe", "moderate"):
             if share >= getattr(self, name):
                 return name
-        return "no visible damage"
+        if damaged_m2 >= self.moderate_area_m2:  # a hole in a large roof
+            return "moderate"
+        return "possible" if share >= self.possible else "no visible damage"
 
 
 def _blocks(raster: xr.DataArray) -> list[tuple[slice, slice]]:
@@ -217,6 +253,48 @@ def _block_counts(
     return counts
 
 
+def _corner_variance(img: np.ndarray, half: int) -> np.ndarray:
+    """Local variance in the four square windows of side ``2 * half + 1`` that have the pixel
+    at a corner, ignoring NaN: the second smallest of the four.
+
+    An edge-preserving texture measure (as Kuwahara's filter chooses its window): next to a
+    straight edge of a shadow, wall or roof object two windows lie on one side and see no
+    texture, and outside a corner three do; in rubble all four are rough, or all but one where
+    the pixel sits at the corner of a smooth slab fragment (hence the second smallest).
+    Beyond the array the nearest pixel is repeated; window sums are direct sums in a fixed
+    order, so a block with its halo gives bit-for-bit the values of the whole array.
+    """
+    size = 2 * half + 1
+    ny, nx = img.shape
+    valid = np.isfinite(img)
+
+    def sums(a: np.ndarray) -> np.ndarray:
+        """Sums over the windows starting at each pixel of ``a`` padded by ``2 * half``."""
+        q = np.pad(a, 2 * half, mode="edge")
+        rows = sum(q[d : d + ny + 2 * half] for d in range(size))
+        return sum(rows[:, d : d + nx + 2 * half] for d in range(size))  # type: ignore[index]
+
+    s1 = sums(np.where(valid, img, 0.0))
+    s2 = sums(np.where(valid, img * img, 0.0))
+    n = sums(valid.astype("float64")) if not valid.all() else None
+    var4 = []
+    # Window starting at offset 0 on an axis ends at the pixel; offset 2 * half starts at it.
+    for dy, dx in ((0, 0), (0, 2 * half), (2 * half, 0), (2 * half, 2 * half)):
+        window = (slice(dy, dy + ny), slice(dx, dx + nx))
+        count = np.full((ny, nx), float(size * size)) if n is None else n[window]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = s1[window] / count
+            var = s2[window] / count - mean * mean
+        var4.append(np.where(count >= 2 - 1e-9, np.maximum(var, 0), np.inf))  # ≥ 2 valid
+    a, b, c, d = var4
+    out = np.minimum(
+        np.maximum(np.minimum(a, b), np.minimum(c, d)),
+        np.minimum(np.maximum(a, b), np.maximum(c, d)),
+    )
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
 def _evidence_kernel(
     before: np.ndarray,
     after: np.ndarray,
@@ -228,7 +306,9 @@ def _evidence_kernel(
     min_texture_gain: float,
     max_log_darkening: float,
     open_px: int,
+    min_change_texture: float = 0.05,
     close_px: int = 0,
+    texture_half_px: int = 1,
 ) -> np.ndarray:
     """Damage evidence of one ``(band, y, x)`` block pair: a float32 ``(y, x)`` map, 1 where
     damaged, 0 where not, NaN where not assessable."""
@@ -252,19 +332,23 @@ def _evidence_kernel(
     c3 = 0.03**2 / 2
     corr = (cxy + c3) / (np.sqrt(vx * vy) + c3)
 
-    # Texture beyond a locally planar trend: a straight edge (shadow border, wall) is mostly
-    # explained by the window's mean gradient (Gaussian-weighted plane fit: σ² |∇ mean|²).
-    def rough(v: np.ndarray, m: np.ndarray) -> np.ndarray:
-        gy, gx = np.gradient(np.where(np.isfinite(m), m, 0.0))
-        return np.sqrt(np.maximum(v - sigma * sigma * (gx * gx + gy * gy), 0))
-
+    # Texture that edges do not explain: the smallest standard deviation over the four windows
+    # with the pixel at a corner. Rubble is rough in every window; the straight edges and
+    # corners of a moved shadow (of the building, a parapet or a water tank on the roof), a wall
+    # or a residual misregistration leave at least one window smooth.
     eps = 0.01  # texture floor (reflectance units): sensor noise, JPEG blocks
-    texture_gain = np.log((rough(vy, my) + eps) / (rough(vx, mx) + eps))
+    tx = np.sqrt(_corner_variance(x, texture_half_px))
+    ty = np.sqrt(_corner_variance(y, texture_half_px))
+    texture_gain = np.log((ty + eps) / (tx + eps))
+    # A change of illumination (a moved shadow, haze, a gain change) multiplies a surface by
+    # one factor, so the log-ratio after/before is flat inside a shadow and steps at its edge;
+    # rubble replaces the roof pixel by pixel, so the log-ratio is as rough as the rubble.
+    ratio = np.log((np.maximum(y, 0) + 0.02) / (np.maximum(x, 0) + 0.02))
+    ratio_texture = np.sqrt(_corner_variance(ratio, texture_half_px))
     darkening = np.log((my + 0.01) / (mx + 0.01))
     with np.errstate(invalid="ignore"):
-        damaged = (corr < max_correlation) & (
-            (texture_gain > min_texture_gain) | (darkening < max_log_darkening)
-        )
+        rough = (texture_gain > min_texture_gain) & (ratio_texture > min_change_texture)
+        damaged = (corr < max_correlation) & (rough | (darkening < max_log_darkening))
     damaged &= ~invalid
 
     def disc(r: int) -> np.ndarray:
@@ -292,12 +376,15 @@ def damage_evidence(
     """Per-pixel damage evidence from the co-registered, normalised pair.
 
     A pixel is damaged when the roof's structure is lost (low before/after correlation in a
-    Gaussian window) *and* the change is one rubble or fire makes: new rough texture (local
-    standard deviation beyond a planar trend grows) or strong darkening (soot, voids). A moved
-    shadow only darkens a roof whose texture stays (high correlation, or too little structure
-    to tell); a shadow's straight edge is explained by the planar trend; thin lines that remain
-    (walls, shadow borders, residual misregistration) are removed by an opening of radius
-    ``min_extent_m``.
+    Gaussian window) *and* the change is one rubble or fire makes: new rough texture that
+    edges do not explain (the second smallest standard deviation of the four windows with the
+    pixel at a corner grows, :func:`_corner_variance`) in a change that is itself rough (the
+    log-ratio after/before varies in those windows), or strong darkening (soot, voids). A
+    moved shadow only darkens a roof whose texture stays (high correlation, or too little
+    structure to tell); its straight edges and corners leave windows smooth, and the ratio
+    inside it is flat, also for the short shadows of water tanks and stairwells on a roof;
+    thin lines that remain (walls, shadow borders, residual misregistration) are removed by an
+    opening of radius ``min_extent_m``.
 
     Parameters
     ----------
@@ -316,6 +403,19 @@ def damage_evidence(
     -------
     xarray.DataArray
         float32 ``(y, x)``: 1 damaged, 0 not, NaN not assessable.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, rioxarray  # noqa: F401
+    >>> rng = np.random.default_rng(0)
+    >>> yx = {"y": 20.25 - 0.5 * np.arange(40), "x": 0.25 + 0.5 * np.arange(40)}
+    >>> roof = rng.normal(150, 3, (1, 40, 40)).astype("float32")  # a plain roof, 20 m wide
+    >>> before = xr.DataArray(roof, dims=("band", "y", "x"), coords=yx).rio.write_crs(32637)
+    >>> rubble = roof.copy()
+    >>> rubble[0, 10:30, 10:30] = rng.uniform(40, 220, (20, 20))  # 10 m × 10 m of rubble
+    >>> ev = damage_evidence(before, before.copy(data=rubble), value_range=255)
+    >>> float(ev[10:30, 10:30].mean()) > 0.7, float(ev[:5].max())
+    (True, 0.0)
     """
     from changedet.change import gsd_of
     from changedet.normalize import sample_pixels
@@ -325,7 +425,10 @@ def damage_evidence(
     sigma = params.window_sigma_m / gsd
     open_px = round(params.min_extent_m / gsd)
     close_px = round(params.fill_gap_m / gsd)
-    depth = math.ceil(params.truncate * sigma) + 2 + 2 * open_px + 2 * close_px
+    texture_half_px = max(1, round((params.texture_window_m / gsd - 1) / 2))
+    # Gaussian window and corner windows side by side, then the opening and the closing.
+    window_px = max(math.ceil(params.truncate * sigma), 2 * texture_half_px)
+    depth = window_px + 1 + 2 * open_px + 2 * close_px
     if value_range is None:
         b, _ = sample_pixels(before, after, 100_000)
         value_range = float(np.percentile(b, 99.9)) if len(b) else 1.0
@@ -335,9 +438,11 @@ def damage_evidence(
         "scale": max(float(value_range), 1e-9),
         "max_correlation": params.max_correlation,
         "min_texture_gain": params.min_texture_gain,
+        "min_change_texture": params.min_change_texture,
         "max_log_darkening": params.max_log_darkening,
         "open_px": open_px,
         "close_px": close_px,
+        "texture_half_px": texture_half_px,
     }
     bf, af = before.astype("float32"), after.astype("float32")
     template = bf.isel(band=0, drop=True)
@@ -436,9 +541,9 @@ def assess_damage(
     Returns
     -------
     geopandas.GeoDataFrame
-        One row per footprint, in the scene CRS: ``id``, ``damage_class``, ``damaged_share``,
-        ``mean_score``, ``assessable_share``, ``n_pixels``, ``geometry`` (the original
-        footprint).
+
+
+
 
     Raises
     ------
@@ -484,6 +589,7 @@ def assess_damage(
     for c in dask.compute(*tasks):
         counts += c
     pixels, assessable, damaged, ssum = counts[:, 1:]
+    damaged_m2 = damaged * abs(transform.a * transform.e - transform.b * transform.d)
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(assessable > 0, damaged / assessable, np.nan)
         mean_score = np.where(assessable > 0, ssum / assessable, np.nan)
@@ -491,8 +597,12 @@ def assess_damage(
     out = gpd.GeoDataFrame(
         {
             "id": fp["id"].astype(str).to_numpy(),
-            "damage_class": [params.classify(s, a) for s, a in zip(share, ass_share, strict=True)],
+            "damage_class": [
+                params.classify(s, a, m)
+                for s, a, m in zip(share, ass_share, damaged_m2, strict=True)
+            ],
             "damaged_share": share.round(4),
+            "damaged_m2": damaged_m2.round(2),
             "mean_score": mean_score.round(4),
             "assessable_share": ass_share.round(4),
             "n_pixels": pixels.astype("int64"),
@@ -509,6 +619,9 @@ def damaged_regions(
     threshold: float,
     not_assessable: xr.DataArray | None = None,
     params: DamageParams | None = None,
+    before: xr.DataArray | None = None,
+    after: xr.DataArray | None = None,
+    value_range: float | None = None,
 ) -> gpd.GeoDataFrame:
     """Connected damaged regions when no footprints are available.
 
@@ -516,11 +629,39 @@ def damaged_regions(
     ``dask.array.coarsen``); cells whose damaged share reaches ``region_min_share`` are
     connected (8-neighbourhood) and regions over ``min_region_m2`` are returned as polygons.
 
+    Parameters
+    ----------
+    score
+        Change score map ``(y, x)`` with a CRS, as for :func:`assess_damage`.
+    threshold
+        Score above which a pixel counts as damaged (without ``before``/``after``).
+    not_assessable
+        Optional boolean ``(y, x)`` mask (True: not assessable) on the same grid.
+    params
+        :class:`DamageParams`.
+    before, after
+        Optional co-registered, normalised ``(band, y, x)`` pair on the score's grid: when
+        both are given, damaged pixels are the image evidence of :func:`damage_evidence`
+        (rubble, soot) instead of ``score > threshold``, so that moved shadows, walls and
+        misregistration do not become regions.
+    value_range
+        Scale of the data for :func:`damage_evidence`; estimated when omitted.
+
     Returns
     -------
     geopandas.GeoDataFrame
         ``id``, ``damage_class``, ``damaged_share`` (mean over the region's cells), ``area_m2``,
         ``geometry`` (cell-aligned polygon), in the scene CRS.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, rioxarray  # noqa: F401
+    >>> yx = {"y": 20.25 - 0.5 * np.arange(40), "x": 0.25 + 0.5 * np.arange(40)}
+    >>> score = xr.DataArray(np.zeros((40, 40), "float32"), dims=("y", "x"), coords=yx)
+    >>> score = score.rio.write_crs(32637)
+    >>> score[8:28, 8:28] = 0.9  # 10 m × 10 m changed, on the 2 m cells
+    >>> damaged_regions(score, threshold=0.5)[["damage_class", "area_m2"]].values.tolist()
+    [['destroyed', 100.0]]
     """
     from rasterio import features
     from scipy import ndimage
@@ -535,7 +676,15 @@ def damaged_regions(
     ok = score.notnull()
     if not_assessable is not None:
         ok = ok & ~not_assessable
-    damaged = (ok & (score > threshold)).astype("float32")
+    if before is not None and after is not None:
+        evidence = damage_evidence(before, after, params, value_range=value_range)
+        if not isinstance(score.data, np.ndarray):
+            evidence = evidence.chunk(dict(zip(score.dims, score.data.chunks, strict=True)))
+        evidence = evidence.assign_coords(y=score.y, x=score.x)
+        ok = ok & evidence.notnull()
+        damaged = (ok & (evidence > 0.5)).astype("float32")
+    else:
+        damaged = (ok & (score > threshold)).astype("float32")
     coarse = {"y": cell, "x": cell}
     dam = damaged.coarsen(coarse, boundary="pad").sum()
     valid = ok.astype("float32").coarsen(coarse, boundary="pad").sum()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import dask.array as da
 import geopandas as gpd
 import numpy as np
@@ -10,7 +12,13 @@ import rioxarray  # noqa: F401 - registers .rio
 import xarray as xr
 from shapely.geometry import box
 
-from changedet.damage import DamageParams, assess_damage, damage_evidence, damaged_regions
+from changedet.damage import (
+    DamageParams,
+    _corner_variance,
+    assess_damage,
+    damage_evidence,
+    damaged_regions,
+)
 from changedet.errors import MissingCRSError
 
 GSD = 0.5
@@ -61,8 +69,10 @@ def _scene() -> tuple[xr.DataArray, gpd.GeoDataFrame, dict[str, float]]:
 
 def test_assess_damage__classes_follow_damaged_share() -> None:
     score, fp, truth = _scene()
-    # Shares are known on the interiors shrunk by the 0.5 m edge buffer alone.
-    out = assess_damage(score, fp, threshold=0.5, params=DamageParams(edge_fraction=0.0))
+    # Shares are known on the interiors shrunk by the 0.5 m edge buffer alone; classes by share
+    # alone (the area rule would make the 36 m² of the "possible" roof moderate: next test).
+    params = DamageParams(edge_fraction=0.0, moderate_area_m2=math.inf)
+    out = assess_damage(score, fp, threshold=0.5, params=params)
     assert list(out["id"]) == list(truth)
     assert list(out["damage_class"]) == [
         "destroyed",
@@ -74,6 +84,28 @@ def test_assess_damage__classes_follow_damaged_share() -> None:
     for share, expected in zip(out["damaged_share"], truth.values(), strict=True):
         assert share == pytest.approx(expected, abs=0.03)
     assert (out["n_pixels"] > 1000).all()
+
+
+def test_assess_damage__large_damaged_area_is_moderate_whatever_the_share() -> None:
+    score, fp, _ = _scene()
+    out = assess_damage(score, fp, threshold=0.5, params=DamageParams(edge_fraction=0.0))
+    row = out.set_index("id").loc["possible"]
+    # 10 % of a 19 m × 19 m interior is 36 m² of damaged roof: more than a roof hole.
+    assert row["damaged_m2"] == pytest.approx(0.10 * 19 * 19, abs=0.5 * 19 * GSD)
+    assert row["damage_class"] == "moderate"
+    small = assess_damage(
+        score, fp, threshold=0.5, params=DamageParams(edge_fraction=0.0, moderate_area_m2=40.0)
+    )
+    assert small.set_index("id").loc["possible", "damage_class"] == "possible"
+
+
+def test_damage_params__classify_combines_share_and_area() -> None:
+    p = DamageParams()
+    assert p.classify(0.02, 1.0, damaged_m2=p.moderate_area_m2) == "moderate"
+    assert p.classify(0.02, 1.0, damaged_m2=p.moderate_area_m2 - 0.5) == "no visible damage"
+    assert p.classify(0.07, 1.0, damaged_m2=1.0) == "possible"
+    assert p.classify(0.5, 1.0, damaged_m2=1.0) == "severe"  # area never lowers a class
+    assert p.classify(0.9, 0.2, damaged_m2=500.0) == "not assessable"
 
 
 @pytest.mark.parametrize("chunks", [(37, 41), (200, 23), (61, 240)])
@@ -136,6 +168,27 @@ def test_damaged_regions__finds_damaged_blocks_only() -> None:
     assert lazy["area_m2"].tolist() == regions["area_m2"].tolist()
 
 
+@pytest.mark.parametrize("kind", ["rubble", "shadow", "roof_object"])
+def test_damaged_regions__image_evidence_keeps_rubble_drops_shadows(kind: str) -> None:
+    before, after = _pair(kind)
+    score = xr.zeros_like(before.isel(band=0, drop=True)) + 0.9  # the score alone says damaged
+    regions = damaged_regions(score, threshold=0.5, before=before, after=after, value_range=255)
+    if kind == "rubble":  # on the 20 m × 20 m roof (to within a 2 m cell), most of it
+        roof = _roof(before).geometry.iloc[0]
+        assert regions.geometry.within(roof.buffer(2.0)).all()
+        assert 0.5 * roof.area <= regions["area_m2"].sum() <= roof.area
+        lazy = damaged_regions(
+            score.chunk({"y": 37, "x": 41}),
+            threshold=0.5,
+            before=before.chunk({"band": -1, "y": 37, "x": 41}),
+            after=after.chunk({"band": -1, "y": 37, "x": 41}),
+            value_range=255,
+        )
+        assert lazy["area_m2"].tolist() == regions["area_m2"].tolist()
+    else:
+        assert regions.empty
+
+
 def test_damaged_regions__empty_scene() -> None:
     out = damaged_regions(_score(), threshold=0.5)
     assert out.empty and out.crs == "EPSG:32637"
@@ -149,7 +202,10 @@ def _pair(kind: str, shape: tuple[int, int] = (120, 130)) -> tuple[xr.DataArray,
 
     ``kind``: ``"intact"`` (noise only), ``"shadow"`` (a neighbour's shadow darkens the roof's
     southern half, bluish, texture kept), ``"rubble"`` (blocky, multi-coloured debris over the
-    roof), ``"shift"`` (the whole after image moved by 0.2 px: residual misregistration).
+    roof), ``"shift"`` (the whole after image moved by 0.2 px: residual misregistration),
+    ``"roof_object"`` (a 2 m water tank on the roof whose shadow turns from 1 m south-east to
+    3.5 m west: the sun moved), ``"hole"`` (a dark hole of 1.25 m radius with rubble to
+    2.5 m round it, in the middle of the roof).
     """
     from scipy import ndimage
 
@@ -182,6 +238,21 @@ def _pair(kind: str, shape: tuple[int, int] = (120, 130)) -> tuple[xr.DataArray,
         after = np.where(inside, debris, after)
     elif kind == "shift":
         after = np.stack([ndimage.shift(b, (0.2, -0.2), order=3, mode="nearest") for b in before])
+    elif kind == "roof_object":
+        tank = np.array([215.0, 215.0, 220.0])[:, None, None]
+        factor = np.array([0.40, 0.42, 0.50])[:, None, None]  # shadow: darker, a little bluish
+        before[:, 46:48, 48:52] *= factor  # short shadow below ...
+        before[:, 44:48, 52:54] *= factor  # ... and right of the tank (high sun, north-west)
+        after[:, 44:48, 41:48] *= factor  # long shadow to the left (low sun in the east)
+        before[:, 44:48, 48:52] = tank
+        after[:, 44:48, 48:52] = tank
+    elif kind == "hole":
+        yy, xx = np.mgrid[:ny, :nx]
+        dist_m = np.hypot(yy - 50, xx - 50) * GSD
+        blocks = rng.uniform(0.45, 1.3, (ny // 2 + 1, nx // 2 + 1))
+        debris = 140.0 * np.kron(blocks, np.ones((2, 2)))[:ny, :nx] + np.zeros((3, 1, 1))
+        after = np.where(dist_m < 2.5, debris, after)
+        after = np.where(dist_m < 1.25, 30.0, after)
     noise = rng.normal(0, 1.5, (2, 3, ny, nx))
     x0, y_top = 500_000.0, 4_000_000.0
     coords = {
@@ -211,10 +282,11 @@ def _assess_pair(kind: str) -> gpd.GeoDataFrame:
     )
 
 
-@pytest.mark.parametrize("kind", ["intact", "shadow", "shift"])
+@pytest.mark.parametrize("kind", ["intact", "shadow", "shift", "roof_object"])
 def test_assess_damage__shadow_and_misregistration_are_not_damage(kind: str) -> None:
     out = _assess_pair(kind)
     assert out["damaged_share"].iloc[0] < 0.05
+    assert out["damaged_m2"].iloc[0] < 2.0  # not even one blob of min_extent_m radius
     assert out["damage_class"].iloc[0] == "no visible damage"
 
 
@@ -222,6 +294,35 @@ def test_assess_damage__rubble_is_destroyed() -> None:
     out = _assess_pair("rubble")
     assert out["damaged_share"].iloc[0] > 0.6
     assert out["damage_class"].iloc[0] == "destroyed"
+
+
+def test_assess_damage__roof_hole_with_debris_is_moderate() -> None:
+    out = _assess_pair("hole").iloc[0]
+    # Hole and debris: π 2.5² ≈ 20 m², a few % of the 18 m × 18 m interior counted: the share
+    # alone says "possible", the damaged area says a hole.
+    assert DamageParams().moderate_area_m2 <= out["damaged_m2"] < 20
+    assert out["damaged_share"] < DamageParams().moderate
+    assert out["damage_class"] == "moderate"
+
+
+def test_corner_variance__edges_are_smooth_texture_is_not() -> None:
+    step = np.zeros((20, 20))
+    step[:, 10:] = 1.0  # a straight edge
+    corner = np.zeros((20, 20))
+    corner[8:, 8:] = 1.0  # the corner of a shadow
+    assert np.nanmax(_corner_variance(step, 1)) == 0
+    # Only the 2 × 2 pixels just inside the corner see texture (the opening removes them).
+    assert np.argwhere(_corner_variance(corner, 1) > 0).tolist() == [[8, 8], [8, 9], [9, 8], [9, 9]]
+    rough = np.random.default_rng(1).uniform(0, 1, (20, 20))
+    whole = _corner_variance(rough, 1)
+    assert whole.min() > 0.005
+    # A block with a 2-pixel halo gives the whole array's values, bit for bit.
+    np.testing.assert_array_equal(
+        _corner_variance(rough[3:17, 3:17], 1)[2:-2, 2:-2], whole[5:15, 5:15]
+    )
+    holed = rough.copy()
+    holed[5:8, 5:8] = np.nan
+    assert np.isfinite(_corner_variance(holed, 1)).all()  # every window keeps ≥ 2 valid pixels
 
 
 def test_damage_evidence__shadow_interior_and_edge_are_clean() -> None:
