@@ -45,16 +45,36 @@ def site_for(seed: int) -> Path:
 
 
 def load_pair(site: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """Before, and after resampled onto the before grid with the true transform, normalised."""
+    """Before, and after resampled onto the before grid with the true transform, normalised.
+
+    The normalised after image is cached next to the site (``_after_on_before_<key>.npy``, the
+    key a hash of the normaliser's source), so repeated runs skip the resampling.
+    """
+    import hashlib
+
+    import rioxarray
+
+    import changedet.normalize
+
+    before = rioxarray.open_rasterio(site / "before.tif").astype("float32").load()
+    scene = json.loads((site / "truth" / "scene.json").read_text())
+    src = Path(changedet.normalize.__file__).read_bytes()
+    cache = site / f"_after_on_before_{hashlib.sha256(src).hexdigest()[:12]}.npy"
+    if cache.is_file():
+        return before, before.copy(data=np.load(cache)), scene
+    normed = _align_and_normalise(site, before)
+    np.save(cache, normed.values)
+    return before, normed, scene
+
+
+def _align_and_normalise(site: Path, before: Any) -> Any:
     import rioxarray
     from scipy import ndimage
 
     from changedet.normalize import RelativeNormalizer
 
-    before = rioxarray.open_rasterio(site / "before.tif").astype("float32").load()
     after = rioxarray.open_rasterio(site / "after.tif").astype("float32").load()
     mis = json.loads((site / "truth" / "misregistration.json").read_text())
-    scene = json.loads((site / "truth" / "scene.json").read_text())
     if after.shape != before.shape or mis["after_crs"] != mis["before_crs"]:
         raise SystemExit(f"{site}: after grid differs from before grid; use default settings")
     m = np.asarray(mis["matrix"], np.float64)
@@ -73,8 +93,7 @@ def load_pair(site: Path) -> tuple[Any, Any, dict[str, Any]]:
     outside = (r2 < 0) | (r2 > ny - 1) | (c2 < 0) | (c2 > nx - 1)
     data[:, outside] = np.nan
     aligned = before.copy(data=data)
-    normed = RelativeNormalizer().fit_and_apply(before, aligned)
-    return before, normed, scene
+    return RelativeNormalizer().fit_and_apply(before, aligned)
 
 
 def evaluate_site(seed: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

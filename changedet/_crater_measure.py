@@ -13,7 +13,6 @@ Geometry of a crater of rim radius ``R`` around its centre (distances ``ρ``):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -22,25 +21,6 @@ N_RAYS = 32
 N_SECTORS = 8
 #: Measurement window half-size, in rim radii (the outside annulus ends at 3 R).
 WINDOW_RADII = 3.2
-
-
-@dataclass(frozen=True)
-class Measure:
-    """What one candidate looks like; intensities in units of the scene's luminance range."""
-
-    row: int  # tile pixel nearest the centre
-    col: int
-    dy: float  # sub-pixel offset of the centre from that pixel
-    dx: float
-    radius_px: float
-    depth: float  # ring mean - interior mean
-    ring: float  # ring mean
-    contrast_snr: float  # depth / background texture (standard deviation outside)
-    enclosure: float  # 2nd-weakest ring sector's depth / depth
-    ejecta: float  # (ring mean - outside mean) / depth
-    roundness: float  # Hessian eigenvalue ratio at the crater's scale, 1 for a disc
-    shading: float  # depression consistency in (-1, 1); NaN when the sun is unknown
-    valid: float  # share of valid pixels in the window
 
 
 def window(lum: np.ndarray, row: int, col: int, half: int) -> np.ndarray:
@@ -307,55 +287,247 @@ def rings(
     }
 
 
-def measure(
-    lum: np.ndarray,
-    row: int,
-    col: int,
-    r0: float,
-    *,
-    sun_px: tuple[float, float] | None,
-    noise_floor: float,
-    refined: tuple[float, float, float] | None = None,
-) -> Measure | None:
-    """Refine and measure the candidate at integer tile pixel ``(row, col)`` of radius ``r0``.
-
-    ``refined``: ``(dy, dx, radius_px)`` from :func:`refine_all`, when already known.
-    Returns ``None`` when the refined centre leaves the first window (a different blob).
-    """
-    if refined is None:
-        half = math.ceil(WINDOW_RADII * 1.6 * r0) + 2
-        dy, dx, r = refine(window(lum, row, col, half), r0)
-    else:
-        dy, dx, r = refined
-    # re-centre on the refined integer pixel so the measurement is position independent
-    row2, col2 = row + round(dy), col + round(dx)
-    dy, dx = dy - round(dy), dx - round(dx)
-    half = math.ceil(WINDOW_RADII * r) + 2
-    win = window(lum, row2, col2, half)
-    st = rings(win, dy, dx, r, sun_px)
-    if not np.isfinite(st["depth"]):
-        return None
-    fill = st["m_ring"] if np.isfinite(st["m_ring"]) else 0.0
-    snr = st["depth"] / max(st["sd_out"], noise_floor) if np.isfinite(st["sd_out"]) else 0.0
-    return Measure(
-        row=row2,
-        col=col2,
-        dy=dy,
-        dx=dx,
-        radius_px=r,
-        depth=st["depth"],
-        ring=st["m_ring"],
-        contrast_snr=snr,
-        enclosure=st["enclosure"],
-        ejecta=(st["m_ring"] - st["m_out"]) / st["depth"] if st["depth"] > 0 else 0.0,
-        roundness=_hessian_roundness(win, dy, dx, r, fill),
-        shading=st["shading"],
-        valid=st["valid"],
-    )
-
-
 def ramp(x: float, lo: float, hi: float) -> float:
     """0 below ``lo``, 1 above ``hi``, linear between (NaN gives 0)."""
     if not np.isfinite(x):
         return 0.0
     return float(np.clip((x - lo) / (hi - lo), 0.0, 1.0))
+
+
+def _groups(half: np.ndarray, budget: int = 1_500_000) -> list[np.ndarray]:
+    """Indices of candidates grouped by window half-size, each group at most ``budget`` pixels.
+
+    Every candidate is measured in its own ``(2 half + 1)²`` window, exactly as
+    :func:`window` would cut it, so a batch's composition never changes a number.
+    """
+    out = []
+    order = np.argsort(half, kind="stable")
+    hs = half[order]
+    for h in np.unique(hs):
+        idx = order[hs == h]
+        per = max(1, budget // (2 * int(h) + 1) ** 2)
+        out.extend(idx[i : i + per] for i in range(0, len(idx), per))
+    return out
+
+
+def _windows(
+    padded: np.ndarray, pad: int, rows: np.ndarray, cols: np.ndarray, h: int
+) -> np.ndarray:
+    """``(n, 2h + 1, 2h + 1)`` windows of a NaN-padded tile (``pad`` px each side)."""
+    off = np.arange(-h, h + 1)
+    ri = (rows + pad)[:, None, None] + off[None, :, None]
+    ci = (cols + pad)[:, None, None] + off[None, None, :]
+    return padded[ri, ci]
+
+
+def _pad(
+    arr: np.ndarray, half: np.ndarray, rows: np.ndarray, cols: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """``arr`` padded with NaN so that every candidate's window lies inside; and the pad."""
+    ny, nx = arr.shape
+    beyond = max(0, -int(rows.min()), -int(cols.min()), int(rows.max()) - ny + 1)
+    beyond = max(beyond, int(cols.max()) - nx + 1)
+    pad = int(half.max()) + beyond
+    padded = np.pad(np.asarray(arr, np.float64), pad, mode="constant", constant_values=np.nan)
+    return padded, pad
+
+
+def _polar(h: int, dy: np.ndarray, dx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(y, x, rho)`` of every window pixel relative to each candidate's sub-pixel centre."""
+    ax = np.arange(-h, h + 1, dtype=np.float64)
+    y = ax[None, :, None] - dy[:, None, None]
+    x = ax[None, None, :] - dx[:, None, None]
+    return y, x, np.hypot(x, y)
+
+
+def _masked_mean(val: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-candidate mean of the finite ``val`` where ``mask`` (NaN where none)."""
+    m = mask & np.isfinite(val)
+    cnt = m.sum(axis=(1, 2))
+    tot = np.where(m, val, 0.0).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cnt > 0, tot / cnt, np.nan)
+
+
+def measure_all(
+    lum: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    dy: np.ndarray,
+    dx: np.ndarray,
+    r: np.ndarray,
+    sun_px: tuple[float, float] | None,
+) -> dict[str, np.ndarray]:
+    """:func:`rings` and the Hessian roundness for many candidates at once.
+
+    Candidates sit at integer tile pixels ``(rows, cols)`` with sub-pixel centre offsets
+    ``(dy, dx)`` and rim radii ``r`` (px); each is measured in the window of half-size
+    ``ceil(WINDOW_RADII r) + 2`` that :func:`window` cuts around it, grouped by that size so that
+    the pixels and weights are exactly those of the one-at-a-time measurement.
+
+    Returns
+    -------
+    dict
+        Arrays ``m_in``, ``m_ring``, ``m_out``, ``sd_out`` and ``sd_ring`` (the standard
+        deviations outside and in the ring), ``depth``, ``enclosure``,
+        ``shading`` (NaN without the sun), ``valid`` and ``roundness``, one value per candidate.
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[0:64, 0:64]
+    >>> img = np.where(np.hypot(yy - 32, xx - 32) < 5, 0.2, 0.8)
+    >>> m = measure_all(img, np.array([32]), np.array([32]), np.zeros(1), np.zeros(1),
+    ...                 np.array([5.0]), None)
+    >>> round(float(m["depth"][0]), 2), round(float(m["roundness"][0]), 2)
+    (0.6, 1.0)
+    """
+    n = len(rows)
+    keys = (
+        "m_in",
+        "m_ring",
+        "m_out",
+        "sd_out",
+        "sd_ring",
+        "depth",
+        "enclosure",
+        "shading",
+        "valid",
+    )
+    out = {k: np.full(n, np.nan) for k in (*keys, "roundness")}
+    if n == 0:
+        return out
+    rows = np.asarray(rows, np.int64)
+    cols = np.asarray(cols, np.int64)
+    r = np.asarray(r, np.float64)
+    half = np.ceil(WINDOW_RADII * r).astype(np.int64) + 2
+    padded, pad = _pad(lum, half, rows, cols)
+    for idx in _groups(half):
+        h = int(half[idx[0]])
+        win = _windows(padded, pad, rows[idx], cols[idx], h)
+        rr = r[idx][:, None, None]
+        y, x, rho = _polar(h, dy[idx], dx[idx])
+        m = len(idx)
+        finite = np.isfinite(win)
+        inside = rho < 3.0 * rr
+        n_inside = inside.sum(axis=(1, 2))
+        valid = np.where(
+            n_inside > 0, (finite & inside).sum(axis=(1, 2)) / np.maximum(n_inside, 1), 0.0
+        )
+        sector = (
+            np.floor((np.arctan2(y, x) + np.pi) / (2 * np.pi) * N_SECTORS).astype(np.int64)
+            % N_SECTORS
+        )
+        label = np.full(rho.shape, 10, np.int64)
+        label[rho < 0.75 * rr] = 0
+        ring = (rho >= 1.15 * rr) & (rho < 2.0 * rr)
+        label = np.where(ring, 1 + sector, label)
+        label[(rho >= 2.3 * rr) & (rho < 3.0 * rr)] = 9
+        lab = (label + 11 * np.arange(m)[:, None, None])[finite]
+        val = win[finite]
+        cnt = np.bincount(lab, minlength=11 * m).reshape(m, 11).astype(np.float64)
+        tot = np.bincount(lab, weights=val, minlength=11 * m).reshape(m, 11)
+        sq = np.bincount(lab, weights=val * val, minlength=11 * m).reshape(m, 11)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = tot / cnt
+            c_ring = cnt[:, 1:9].sum(axis=1)
+            m_ring = np.where(c_ring > 0, tot[:, 1:9].sum(axis=1) / c_ring, np.nan)
+            m_out = means[:, 9]
+            sd_out = np.where(
+                cnt[:, 9] > 2, np.sqrt(np.maximum(sq[:, 9] / cnt[:, 9] - m_out**2, 0.0)), np.nan
+            )
+            sd_ring = np.where(
+                c_ring > 2,
+                np.sqrt(np.maximum(sq[:, 1:9].sum(axis=1) / c_ring - m_ring**2, 0.0)),
+                np.nan,
+            )
+        m_in = means[:, 0]
+        depth = m_ring - m_in
+        sect = means[:, 1:9] - m_in[:, None]
+        sect = np.sort(np.where(np.isfinite(sect), sect, -np.inf), axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            enclosure = np.where(depth > 0, sect[:, 1] / np.where(depth > 0, depth, 1.0), 0.0)
+        shading = np.full(m, np.nan)
+        if sun_px is not None:
+            proj = x * sun_px[0] + y * sun_px[1]
+            bowl = rho < 0.85 * rr
+            near = _masked_mean(win, bowl & (proj > 0.2 * rr))
+            far = _masked_mean(win, bowl & (proj < -0.2 * rr))
+            d = near - far
+            with np.errstate(invalid="ignore"):
+                shading = -d / (np.abs(d) + np.maximum(depth, 1e-9))
+        # Hessian eigenvalue ratio at scale R / sqrt(2), as in _hessian_roundness
+        sigma2 = (rr / math.sqrt(2)) ** 2
+        g = np.exp(-(x * x + y * y) / (2 * sigma2))
+        g /= g.sum(axis=(1, 2), keepdims=True)
+        fill = np.where(np.isfinite(m_ring), m_ring, 0.0)[:, None, None]
+        img = np.where(finite, win, fill) * g
+        s4 = sigma2 * sigma2
+        hxx = (img * (x * x / s4 - 1 / sigma2)).sum(axis=(1, 2))
+        hyy = (img * (y * y / s4 - 1 / sigma2)).sum(axis=(1, 2))
+        hxy = (img * (x * y / s4)).sum(axis=(1, 2))
+        tr, det = hxx + hyy, hxx * hyy - hxy * hxy
+        disc = np.sqrt(np.maximum(tr * tr / 4 - det, 0.0))
+        lmax, lmin = tr / 2 + disc, tr / 2 - disc
+        with np.errstate(invalid="ignore", divide="ignore"):
+            roundness = np.where(
+                lmax > 0, np.maximum(lmin, 0.0) / np.where(lmax > 0, lmax, 1.0), 0.0
+            )
+        for k, v in zip(
+            (*keys, "roundness"),
+            (m_in, m_ring, m_out, sd_out, sd_ring, depth, enclosure, shading, valid, roundness),
+            strict=True,
+        ):
+            out[k][idx] = v
+    return out
+
+
+def annulus_means(
+    arr: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    dy: np.ndarray,
+    dx: np.ndarray,
+    r_in: np.ndarray,
+    r_out: np.ndarray,
+) -> np.ndarray:
+    """Mean of the finite values of ``arr`` with ``r_in <= ρ < r_out`` px of each centre.
+
+    Centres are integer tile pixels plus sub-pixel offsets; NaN where no value is finite.
+
+    Examples
+    --------
+    >>> a = np.arange(25.0).reshape(5, 5)
+    >>> annulus_means(a, np.array([2]), np.array([2]), np.zeros(1), np.zeros(1),
+    ...               np.zeros(1), np.array([1.5]))
+    array([12.])
+    """
+    n = len(rows)
+    res = np.full(n, np.nan)
+    if n == 0:
+        return res
+    rows = np.asarray(rows, np.int64)
+    cols = np.asarray(cols, np.int64)
+    r_in = np.broadcast_to(np.asarray(r_in, np.float64), (n,))
+    r_out = np.broadcast_to(np.asarray(r_out, np.float64), (n,))
+    half = np.ceil(r_out).astype(np.int64) + 2
+    padded, pad = _pad(arr, half, rows, cols)
+    for idx in _groups(half):
+        h = int(half[idx[0]])
+        win = _windows(padded, pad, rows[idx], cols[idx], h)
+        _, _, rho = _polar(h, dy[idx], dx[idx])
+        mask = (rho >= r_in[idx][:, None, None]) & (rho < r_out[idx][:, None, None])
+        res[idx] = _masked_mean(win, mask)
+    return res
+
+
+def ramps(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """:func:`ramp` of an array (NaN gives 0).
+
+    Examples
+    --------
+    >>> ramps(np.array([0.0, 0.5, 2.0, np.nan]), 0.0, 1.0)
+    array([0. , 0.5, 1. , 0. ])
+    """
+    x = np.asarray(x, np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(x), np.clip((x - lo) / (hi - lo), 0.0, 1.0), 0.0)

@@ -44,6 +44,9 @@ Large scenes are processed tile by tile (Dask chunks, or ``tile_px`` tiles of an
 array) with a halo derived from ``max_diameter_m`` and the ground sample distance; a detection
 is kept only by the tile whose core holds its centre, and every measurement is made relative to
 a scene pixel, so the result does not depend on the tiling and a crater on a seam is found once.
+Within a tile, all candidates are refined and measured together, as arrays
+(:func:`changedet._crater_measure.refine_all`, :func:`changedet._crater_measure.measure_all`);
+each is still measured in its own window, so the numbers are those of one-at-a-time measurement.
 
 Examples
 --------
@@ -71,7 +74,16 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from changedet._crater_measure import WINDOW_RADII, measure, ramp, refine_all, rings, window
+from changedet._crater_measure import (
+    WINDOW_RADII,
+    annulus_means,
+    measure_all,
+    ramp,
+    ramps,
+    refine_all,
+    rings,
+    window,
+)
 from changedet._crater_scale import LOCAL_TRUNCATE, TRUNCATE, Scales, make_scales, suppress
 from changedet.change import gsd_of
 from changedet.errors import BandMismatchError, ChangedetError
@@ -265,19 +277,6 @@ def _blue_share(raster: xr.DataArray, bands: tuple[int, int, int]) -> xr.DataArr
     return b / total.where(total > 0)
 
 
-def _annulus_mean(
-    arr: np.ndarray, row: int, col: int, dy: float, dx: float, r_in: float, r_out: float
-) -> float:
-    """Mean of the finite values of ``arr`` with ``r_in <= ρ < r_out`` px from the centre."""
-    half = math.ceil(r_out) + 2
-    win = window(arr, row, col, half)
-    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
-    rho = np.hypot(yy - dy, xx - dx)
-    vals = win[(rho >= r_in) & (rho < r_out)]
-    vals = vals[np.isfinite(vals)]
-    return float(vals.mean()) if vals.size else math.nan
-
-
 def _disc_mean(arr: np.ndarray, row: int, col: int, dy: float, dx: float, radius: float) -> float:
     """Mean of the finite values of ``arr`` within ``radius`` px of ``(row + dy, col + dx)``."""
     half = math.ceil(radius) + 2
@@ -334,6 +333,54 @@ def _tiles(n: int, chunks: tuple[int, ...] | None, tile: int) -> list[tuple[int,
     return [(int(a), int(min(b, n))) for a, b in itertools.pairwise(edges) if a < n]
 
 
+def _persistence(
+    lum: np.ndarray,
+    lum_b: np.ndarray,
+    green_b: np.ndarray | None,
+    row: int,
+    col: int,
+    dy: float,
+    dx: float,
+    radius: float,
+    depth: float,
+    change_mean: float,
+    has_change: bool,
+    p: CraterParams,
+) -> dict[str, Any]:
+    """``persistence``, ``new`` and ``newness_verified`` of one detection (see the module doc).
+
+    The darkest matching bowl near the same place in the before image: residual
+    misregistration and shadows that moved with the sun must not make a blob "new".
+    """
+    half = math.ceil(WINDOW_RADII * radius) + 2
+    reach_b = max(1.0, p.persistence_search * radius)
+    wb = window(lum_b, row, col, half + math.ceil(reach_b))
+    wa = window(lum, row, col, half)
+    depths = []
+    for oy, ox in itertools.product((-reach_b, 0.0, reach_b), repeat=2):
+        st = rings(wb, dy + oy, dx + ox, radius, None)
+        if st["valid"] >= p.min_valid and np.isfinite(st["depth"]):
+            # an enclosed dark blob, not the side of a road or a roof edge; and not a green
+            # one: a tree crown or bush that the blast removed is no older crater
+            weight = ramp(st["enclosure"], *p.enclosure_ramp)
+            if green_b is not None:
+                g_b = _disc_mean(green_b, row, col, dy + oy, dx + ox, 0.75 * radius)
+                if np.isfinite(g_b):
+                    weight *= 1 - ramp(g_b, *p.vegetation_ramp)
+            # and the same thing: an older crater looks as it does now (bowl, rim and ejecta
+            # in place), while a dark road crossing or a building's shadow where a crater now
+            # lies does not resemble it
+            weight *= max(_similarity(wa, wb, dy, dx, oy, ox, radius), 0.0)
+            depths.append(st["depth"] * weight)
+    if not depths:
+        return {}
+    persistence = max(max(depths), 0.0) / depth
+    new = persistence < p.max_persistence
+    if has_change:
+        new = new and bool(change_mean >= p.min_change_score)
+    return {"persistence": persistence, "new": bool(new), "newness_verified": True}
+
+
 def _detect_tile(
     after_l: np.ndarray,
     before_l: np.ndarray | None,
@@ -380,117 +427,110 @@ def _detect_tile(
     # block centres are integers or .5: floor is stable
     irow, icol = np.floor(cand[:, 0]).astype(int), np.floor(cand[:, 1]).astype(int)
     ref_dy, ref_dx, ref_r = refine_all(filled, irow, icol, cand[:, 2])
-    for k, (row_f, col_f, r0) in enumerate(cand[:, :3]):
-        row, col = int(irow[k]), int(icol[k])
-        m = measure(
-            lum,
-            row,
-            col,
-            r0,
-            sun_px=sun_px,
-            noise_floor=0.005,
-            refined=(float(ref_dy[k]), float(ref_dx[k]), float(ref_r[k])),
+    # re-centre on the refined integer pixel so the measurement is position independent
+    row2, col2 = irow + np.round(ref_dy).astype(int), icol + np.round(ref_dx).astype(int)
+    dy2, dx2 = ref_dy - np.round(ref_dy), ref_dx - np.round(ref_dx)
+    r0 = cand[:, 2]
+    diam_px = 2 * ref_r
+    keep = (
+        (np.hypot(row2 + dy2 - cand[:, 0], col2 + dx2 - cand[:, 1]) <= r0)  # no drift
+        & (ref_r >= 0.5 * r0)
+        & (ref_r <= 2.0 * r0)
+        & (diam_px >= d_px[0] / 1.15)
+        & (diam_px <= d_px[1] * 1.15)
+    )
+    sel = np.nonzero(keep)[0]
+    row2, col2, dy2, dx2, rad = row2[sel], col2[sel], dy2[sel], dx2[sel], ref_r[sel]
+    m = measure_all(lum, row2, col2, dy2, dx2, rad, sun_px)
+    depth = m["depth"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weber = depth / np.maximum(m["m_ring"] + offset, 1e-9)  # back in data units
+        ejecta = np.where(depth > 0, (m["m_ring"] - m["m_out"]) / depth, 0.0)
+        snr = np.where(np.isfinite(m["sd_out"]), depth / np.maximum(m["sd_out"], 0.005), 0.0)
+    ok = np.isfinite(depth) & (m["valid"] >= p.min_valid) & (depth > 0)
+    score = (
+        ramps(depth, *p.contrast_ramp)
+        * ramps(weber, *p.weber_ramp)
+        * ramps(m["enclosure"], *p.enclosure_ramp)
+        * ramps(m["roundness"], *p.roundness_ramp)
+        * (1 - p.ejecta_weight + p.ejecta_weight * ramps(ejecta, *p.ejecta_ramp))
+    )
+    if sun_px is not None:
+        sh = m["shading"]
+        if expected_dipole is not None:
+            lo_s, hi_s = p.shading_ramp
+            part = ramps(sh, lo_s * expected_dipole, hi_s * expected_dipole)
+        else:
+            part = ramps(sh, *p.shading_ramp_no_elevation)
+        score = score * np.where(np.isfinite(sh), part, 1.0)
+    # colour evidence only scales the score down: measure it where the score can still pass
+    ok &= score >= p.score_threshold
+    greenness = np.full(len(sel), np.nan)
+    blueness = np.full(len(sel), np.nan)
+    at = np.nonzero(ok)[0]
+    if green_a is not None and len(at):
+        greenness[at] = annulus_means(
+            green_a, row2[at], col2[at], dy2[at], dx2[at], 0.0, 0.75 * rad[at]
         )
-        if m is None or m.valid < p.min_valid or m.depth <= 0:
-            continue
-        if math.hypot(m.row + m.dy - row_f, m.col + m.dx - col_f) > r0:
-            continue  # drifted to another blob: that blob has its own candidate
-        if not 0.5 * r0 <= m.radius_px <= 2.0 * r0:
-            continue
-        weber = m.depth / max(m.ring + offset, 1e-9)  # ring and depth back in data units
-        diam_px = 2 * m.radius_px
-        if not d_px[0] / 1.15 <= diam_px <= d_px[1] * 1.15:
-            continue
-        parts = [
-            ramp(m.depth, *p.contrast_ramp),
-            ramp(weber, *p.weber_ramp),
-            ramp(m.enclosure, *p.enclosure_ramp),
-            ramp(m.roundness, *p.roundness_ramp),
-            1 - p.ejecta_weight + p.ejecta_weight * ramp(m.ejecta, *p.ejecta_ramp),
-        ]
-        if sun_px is not None and np.isfinite(m.shading):
-            if expected_dipole is not None:
-                lo_s, hi_s = p.shading_ramp
-                parts.append(ramp(m.shading, lo_s * expected_dipole, hi_s * expected_dipole))
-            else:
-                parts.append(ramp(m.shading, *p.shading_ramp_no_elevation))
-        greenness = math.nan
-        if green_a is not None:
-            greenness = _disc_mean(green_a, m.row, m.col, m.dy, m.dx, 0.75 * m.radius_px)
-            if np.isfinite(greenness):
-                parts.append(1 - ramp(greenness, *p.vegetation_ramp))
-        blueness = math.nan
-        if blue_a is not None:
-            r_px = m.radius_px
-            blueness = _disc_mean(blue_a, m.row, m.col, m.dy, m.dx, 0.75 * r_px) - _annulus_mean(
-                blue_a, m.row, m.col, m.dy, m.dx, 1.15 * r_px, 2.0 * r_px
-            )
-            if np.isfinite(blueness):
-                parts.append(1 - ramp(blueness, *p.shadow_ramp))
-        score = float(np.prod(parts))
-        if score < p.score_threshold:
-            continue
+        score[at] *= np.where(
+            np.isfinite(greenness[at]), 1 - ramps(greenness[at], *p.vegetation_ramp), 1.0
+        )
+    if blue_a is not None and len(at):
+        blueness[at] = annulus_means(
+            blue_a, row2[at], col2[at], dy2[at], dx2[at], 0.0, 0.75 * rad[at]
+        ) - annulus_means(
+            blue_a, row2[at], col2[at], dy2[at], dx2[at], 1.15 * rad[at], 2.0 * rad[at]
+        )
+        score[at] *= np.where(
+            np.isfinite(blueness[at]), 1 - ramps(blueness[at], *p.shadow_ramp), 1.0
+        )
+    ok &= score >= p.score_threshold
+    at = np.nonzero(ok)[0]
+    change_mean = np.full(len(sel), np.nan)
+    if change is not None and len(at):
+        change_mean[at] = annulus_means(
+            np.asarray(change, np.float64), row2[at], col2[at], dy2[at], dx2[at], 0.0, 1.5 * rad[at]
+        )
+    found = []
+    for k in at:
         rec: dict[str, Any] = {
-            "row": m.row + r0g,
-            "col": m.col + c0g,
-            "dy": m.dy,
-            "dx": m.dx,
-            "radius_px": m.radius_px,
-            "score": score,
-            "contrast": m.depth,
-            "weber": weber,
-            "snr": m.contrast_snr,
-            "enclosure": m.enclosure,
-            "roundness": m.roundness,
-            "ejecta": m.ejecta,
-            "shading": m.shading,
-            "greenness": greenness,
-            "blueness": blueness,
+            "row": int(row2[k]) + r0g,
+            "col": int(col2[k]) + c0g,
+            "dy": float(dy2[k]),
+            "dx": float(dx2[k]),
+            "radius_px": float(rad[k]),
+            "score": float(score[k]),
+            "contrast": float(depth[k]),
+            "weber": float(weber[k]),
+            "snr": float(snr[k]),
+            "enclosure": float(m["enclosure"][k]),
+            "roundness": float(m["roundness"][k]),
+            "ejecta": float(ejecta[k]),
+            "shading": float(m["shading"][k]),
+            "greenness": float(greenness[k]),
+            "blueness": float(blueness[k]),
             "persistence": math.nan,
-            "change": math.nan,
+            "change": float(change_mean[k]),
             "new": None,
             "newness_verified": False,
         }
-        half = math.ceil(WINDOW_RADII * m.radius_px) + 2
-        if change is not None:
-            cw = window(np.asarray(change, np.float64), m.row, m.col, half)
-            yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
-            disc = np.hypot(yy - m.dy, xx - m.dx) < 1.5 * m.radius_px
-            vals = cw[disc]
-            vals = vals[np.isfinite(vals)]
-            rec["change"] = float(vals.mean()) if vals.size else math.nan
         if lum_b is not None:
-            # the darkest matching bowl near the same place in the before image: residual
-            # misregistration and shadows that moved with the sun must not make a blob "new"
-            reach_b = max(1.0, p.persistence_search * m.radius_px)
-            wb = window(lum_b, m.row, m.col, half + math.ceil(reach_b))
-            wa = window(lum, m.row, m.col, half)
-            depths = []
-            for oy, ox in itertools.product((-reach_b, 0.0, reach_b), repeat=2):
-                st = rings(wb, m.dy + oy, m.dx + ox, m.radius_px, None)
-                if st["valid"] >= p.min_valid and np.isfinite(st["depth"]):
-                    # an enclosed dark blob, not the side of a road or a roof edge; and not a
-                    # green one: a tree crown or bush that the blast removed is no older crater
-                    weight = ramp(st["enclosure"], *p.enclosure_ramp)
-                    if green_b is not None:
-                        g_b = _disc_mean(
-                            green_b, m.row, m.col, m.dy + oy, m.dx + ox, 0.75 * m.radius_px
-                        )
-                        if np.isfinite(g_b):
-                            weight *= 1 - ramp(g_b, *p.vegetation_ramp)
-                    # and the same thing: an older crater looks as it does now (bowl, rim and
-                    # ejecta in place), while a dark road crossing or a building's shadow where
-                    # a crater now lies does not resemble it
-                    weight *= max(_similarity(wa, wb, m.dy, m.dx, oy, ox, m.radius_px), 0.0)
-                    depths.append(st["depth"] * weight)
-            if depths:
-                persistence = max(max(depths), 0.0) / m.depth
-                rec["persistence"] = persistence
-                new = persistence < p.max_persistence
-                if change is not None:
-                    new = new and bool(rec["change"] >= p.min_change_score)
-                rec["new"] = bool(new)
-                rec["newness_verified"] = True
+            rec.update(
+                _persistence(
+                    lum,
+                    lum_b,
+                    green_b,
+                    int(row2[k]),
+                    int(col2[k]),
+                    float(dy2[k]),
+                    float(dx2[k]),
+                    float(rad[k]),
+                    float(depth[k]),
+                    rec["change"],
+                    change is not None,
+                    p,
+                )
+            )
         found.append(rec)
     if not found:
         return []

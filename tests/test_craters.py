@@ -341,3 +341,41 @@ def test_refine_all__matches_per_candidate_refine() -> None:
         ey, ex, er = refine(window(lum, int(rows[k]), int(cols[k]), half), float(r0[k]))
         assert abs(dy[k] - ey) < 0.3 and abs(dx[k] - ex) < 0.3
         assert abs(r[k] - er) < 0.05 * er
+
+
+def test_measure_all__equals_one_window_at_a_time() -> None:
+    from changedet._crater_measure import (
+        WINDOW_RADII,
+        _hessian_roundness,
+        annulus_means,
+        measure_all,
+        rings,
+        window,
+    )
+
+    rng = np.random.default_rng(4)
+    lum = render((200, 220), craters=[(80.0, 90.0, 8.0)], seed=4) / 255.0
+    lum[:15] = np.nan  # nodata along one edge
+    n = 60
+    rows, cols = rng.integers(-5, 205, n), rng.integers(0, 220, n)  # some beyond the tile
+    dy, dx = rng.uniform(-0.5, 0.5, n), rng.uniform(-0.5, 0.5, n)
+    r = rng.uniform(2.0, 20.0, n)
+    sun = (0.6, 0.8)
+    got = measure_all(lum, rows, cols, dy, dx, r, sun)
+    disc = annulus_means(lum, rows, cols, dy, dx, 0.0, 0.75 * r)
+    for k in range(n):
+        win = window(lum, int(rows[k]), int(cols[k]), math.ceil(WINDOW_RADII * r[k]) + 2)
+        want = rings(win, dy[k], dx[k], r[k], sun)
+        for key, value in want.items():
+            assert got[key][k] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=True), key
+        fill = want["m_ring"] if np.isfinite(want["m_ring"]) else 0.0
+        assert got["roundness"][k] == pytest.approx(
+            _hessian_roundness(win, dy[k], dx[k], r[k], fill), abs=1e-9
+        )
+        yy, xx = np.mgrid[
+            -win.shape[0] // 2 + 1 : win.shape[0] // 2 + 1,
+            -win.shape[0] // 2 + 1 : win.shape[0] // 2 + 1,
+        ]
+        vals = win[np.hypot(yy - dy[k], xx - dx[k]) < 0.75 * r[k]]
+        vals = vals[np.isfinite(vals)]
+        assert disc[k] == pytest.approx(vals.mean() if vals.size else np.nan, nan_ok=True)
