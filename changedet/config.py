@@ -145,6 +145,51 @@ class FacilitiesConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """Figures and ``report.html``."""
+
+    dpi: int = _doc("Resolution of the PNG figures (at least 150 for reports).", default=150)
+    formats: tuple[Literal["pdf", "svg"], ...] = _doc(
+        "Extra figure formats written beside each PNG (vector, for print): 'pdf', 'svg'.",
+        default=(),
+    )
+    crop_m: float = _doc(
+        "Side of the square facility crops, metres (centred on the facility). Craters within "
+        "the outermost ring but outside the crop are still listed under the figure.",
+        default=240.0,
+    )
+    before_date: str = _doc(
+        "Acquisition date of the before image for captions; empty: the raster's "
+        "TIFFTAG_DATETIME tag, else 'unknown'.",
+        default="",
+    )
+    after_date: str = _doc("Acquisition date of the after image (as before_date).", default="")
+    sensor: str = _doc(
+        "Sensor / satellite for captions; empty: the raster's SENSOR or SATELLITEID tag, else "
+        "'unknown'.",
+        default="",
+    )
+    attribution: str = _doc(
+        "Image credit shown in every caption (e.g. the licence's required attribution); "
+        "empty: the raster's TIFFTAG_COPYRIGHT tag, else 'unknown'.",
+        default="",
+    )
+    title: str = _doc("Title of report.html; empty: the before image's folder name.", default="")
+
+    def __post_init__(self) -> None:
+        if not self.dpi >= 150:
+            raise ConfigError(
+                None,
+                f"option 'report.dpi' is {self.dpi}",
+                "Use at least 150 dpi for report figures.",
+            )
+        if not self.crop_m > 0:
+            raise ConfigError(
+                None, f"option 'report.crop_m' is {self.crop_m}", "Give a crop side in metres > 0."
+            )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole pipeline's parameters, one section per stage."""
 
@@ -168,6 +213,7 @@ class Config:
     damage: DamageParams = _doc(
         "Structural damage per footprint or region.", default_factory=DamageParams
     )
+    report: ReportConfig = _doc("Figures and report.html.", default_factory=ReportConfig)
 
     # ------------------------------------------------------------------ construction
     def updated(self, changes: Mapping[str, Any]) -> Config:

@@ -3,19 +3,28 @@
 :func:`run_pair` is what ``changedet run`` and the notebooks call. It returns a
 :class:`PairResult` with everything it computed, and (when ``out`` is given) writes:
 
-====================  ===================================================================
-file                  content
-====================  ===================================================================
-``change_score.tif``  change score in [0, 1] (float32 COG, NaN = not assessable)
-``change_mask.tif``   1 = change, 0 = no change, 255 = not assessable (uint8 COG)
-``craters.geojson``   crater detections, EPSG:4326 (the GeoJSON standard)
-``craters.gpkg``      the same in the scene CRS
-``damage.geojson``    damage per footprint (or per damaged region), EPSG:4326
-``damage.gpkg``       the same in the scene CRS
-``coreg.json``        the fitted co-registration, its quality and a displacement grid
-====================  ===================================================================
+=============================  =============================================================
+file                           content
+=============================  =============================================================
+``change_score.tif``           change score in [0, 1] (float32 COG, NaN = not assessable)
+``change_mask.tif``            1 = change, 0 = no change, 255 = not assessable (uint8 COG)
+``craters.geojson``            crater detections (``id``, ``diameter_m``, ``new``...), EPSG:4326
+``damage.geojson``             damage per footprint (or per damaged region), EPSG:4326
+``facilities.csv``             with facilities: one row per facility (geometry as WKT, scene CRS)
+``facilities.geojson``         the same, EPSG:4326
+``results.gpkg``               layers ``craters``, ``damage``, ``facilities`` in the scene CRS
+``coreg.json``                 the fitted co-registration, its quality and a displacement grid
+``figures/overview.png``       the after image, new craters, damage, facilities (+ PDF/SVG)
+``figures/facility_<id>.png``  before | after | change crops of each facility (+ PDF/SVG)
+``report.html``                one self-contained page: figures, tables, diagnostics, provenance
+``manifest.json``              inputs, config, versions, timings, SHA-256 of every output
+``run.log``                    the run's log lines with UTC times (listed in the manifest, not
+                               hash-checked: its times differ on every run)
+=============================  =============================================================
 
-Every file is written atomically; inputs are only read.
+Every file is written atomically; inputs are only read. ``run.log`` is written last, and only
+when the run succeeds (a failed run leaves no half-written log, and no file that would make the
+folder look like a finished run).
 
 Examples
 --------
@@ -169,6 +178,36 @@ def run_pair(
         On bad input (unreadable file, no CRS, no overlap, band mismatch, all nodata), or when
         the co-registration quality gate fails and ``config.coregister.on_fail == "raise"``.
     """
+    with _RunLog() as run_log:
+        return _run_pair(
+            before,
+            after,
+            out=out,
+            footprints=footprints,
+            facilities=facilities,
+            config=config,
+            sun_azimuth_deg=sun_azimuth_deg,
+            sun_elevation_deg=sun_elevation_deg,
+            progress=progress,
+            overwrite=overwrite,
+            run_log=run_log,
+        )
+
+
+def _run_pair(
+    before: PathLike | list[PathLike],
+    after: PathLike | list[PathLike],
+    *,
+    out: PathLike | None,
+    footprints: PathLike | gpd.GeoDataFrame | None,
+    facilities: PathLike | gpd.GeoDataFrame | None,
+    config: Config | None,
+    sun_azimuth_deg: float | None,
+    sun_elevation_deg: float | None,
+    progress: bool,
+    overwrite: bool,
+    run_log: _RunLog,
+) -> PairResult:
     from changedet import align, change, coregister, craters, damage, normalize
     from changedet import facilities as facilities_mod
     from changedet import io as cio
@@ -278,7 +317,8 @@ def run_pair(
     )
     if out is not None:
         with _stage("write", timings), _progress(progress):
-            result.outputs = write_outputs(result, out)
+            result.outputs = write_outputs(result, out, config=cfg)
+        from changedet._atomic import sha256_file
         from changedet.manifest import build_manifest, write_manifest
 
         manifest = build_manifest(
@@ -298,12 +338,103 @@ def run_pair(
             manifest["inputs"].append(
                 {"role": "facilities", "path": None, "note": "in-memory GeoDataFrame"}
             )
+        with _stage("report", timings):
+            report = write_report(result, out, manifest=manifest, config=cfg)
+        result.outputs["report.html"] = report
+        manifest["outputs"]["report.html"] = {"path": report.name, "sha256": sha256_file(report)}
+        manifest["unchecked_outputs"] = {"run.log": {"path": "run.log", "reason": RUN_LOG_REASON}}
         result.outputs["manifest.json"] = write_manifest(manifest, out)
+        log.info("wrote %d files and manifest.json to %s", len(result.outputs), out)
+        result.outputs["run.log"] = run_log.write(Path(out) / "run.log")
     return result
 
 
-def write_outputs(result: PairResult, out: PathLike) -> dict[str, Path]:
-    """Write the files of a :class:`PairResult` into ``out`` (atomically); return them by name."""
+#: Why ``run.log`` is listed in the manifest but not hash-checked by ``changedet verify``.
+RUN_LOG_REASON = "holds wall-clock times and dates, which differ on every run"
+
+
+class _RunLog(logging.Handler):
+    """Collects the ``changedet`` log lines of one run (from the calling thread) for run.log.
+
+    While active, INFO records are enabled on the ``changedet`` logger so that run.log has the
+    stage lines even when logging is not configured; records below the level the user set
+    are not passed on to the user's handlers.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        import threading
+
+        self.lines: list[str] = []
+        self._thread = threading.get_ident()
+        fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+        fmt.converter = time.gmtime
+        self.setFormatter(fmt)
+        self._saved: tuple[int, bool] | None = None
+        self._forward: logging.Handler | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self._thread:
+            self.lines.append(self.format(record))
+
+    def __enter__(self) -> _RunLog:
+        from changedet import __version__
+
+        effective = log.getEffectiveLevel()
+        self._saved = (log.level, log.propagate)
+        log.addHandler(self)
+        if effective > logging.INFO:
+            # enable INFO for run.log only: the user's handlers see what they saw before
+            log.setLevel(logging.INFO)
+            log.propagate = False
+            self._forward = _Forward(effective)
+            log.addHandler(self._forward)
+        log.info("changedet %s: run_pair", __version__)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        log.removeHandler(self)
+        if self._forward is not None:
+            log.removeHandler(self._forward)
+        if self._saved is not None:
+            log.setLevel(self._saved[0])
+            log.propagate = self._saved[1]
+
+    def write(self, path: Path) -> Path:
+        """Write the lines so far to ``path`` atomically."""
+        from changedet._atomic import write_text_atomic
+
+        return write_text_atomic(path, "\n".join(self.lines) + "\n")
+
+
+class _Forward(logging.Handler):
+    """Passes records at or above ``level`` on to the parent loggers' handlers."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = 0
+        parent = log.parent
+        while parent is not None:
+            for handler in parent.handlers:
+                found += 1
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+            parent = parent.parent if parent.propagate else None
+        if not found and logging.lastResort and record.levelno >= logging.lastResort.level:
+            logging.lastResort.handle(record)
+
+
+def write_outputs(
+    result: PairResult, out: PathLike, *, config: Config | None = None, figures: bool = True
+) -> dict[str, Path]:
+    """Write the files of a :class:`PairResult` into ``out`` (atomically); return them by name.
+
+    Rasters, vectors (GeoJSON, ``results.gpkg``, CSV), ``coreg.json`` and (``figures``) the
+    figures of :func:`changedet.report.write_figures`; ``report.html``, ``manifest.json`` and
+    ``run.log`` are written by :func:`run_pair` after it.
+    """
     from changedet import io as cio
     from changedet._atomic import write_json_atomic
 
@@ -326,16 +457,15 @@ def write_outputs(result: PairResult, out: PathLike) -> dict[str, Path]:
         out / "change_mask.tif",
         nodata=255,
     )
-    for name, gdf in (
-        ("craters", _for_output(result.craters)),
-        ("damage", _for_output(result.damage)),
-    ):
+    layers = {"craters": _for_output(result.craters), "damage": _for_output(result.damage)}
+    for name, gdf in layers.items():
         files[f"{name}.geojson"] = cio.write_vector(gdf, out / f"{name}.geojson")
-        files[f"{name}.gpkg"] = cio.write_vector(gdf, out / f"{name}.gpkg", layer=name)
     if result.facilities is not None:
         fac = _for_output(result.facilities)
+        layers["facilities"] = fac
         files["facilities.geojson"] = cio.write_vector(fac, out / "facilities.geojson")
         files["facilities.csv"] = cio.write_vector(fac, out / "facilities.csv")
+    files["results.gpkg"] = _write_gpkg_layers(layers, out / "results.gpkg")
     coreg = result.coreg.to_dict()
     # Outputs must be reproducible byte for byte: wall times go to the manifest, not here.
     coreg.pop("seconds", None)
@@ -345,7 +475,81 @@ def write_outputs(result: PairResult, out: PathLike) -> dict[str, Path]:
     files["coreg.json"] = write_json_atomic(
         out / "coreg.json", json.loads(json.dumps(coreg, default=float))
     )
+    if figures:
+        from changedet.report import write_figures
+
+        cfg = config or Config()
+        files.update(
+            write_figures(
+                out,
+                before=result.before,
+                after=result.after,
+                change=cio.open_raster(files["change_score.tif"], chunks=cfg.io.chunk_px),
+                craters=layers["craters"],
+                damage=layers["damage"],
+                facilities=layers.get("facilities"),
+                threshold=result.threshold,
+                rings_m=cfg.facilities.rings_m,
+                config=cfg.report,
+                title=_title(result, cfg),
+            )
+        )
     return files
+
+
+def write_report(
+    result: PairResult, out: PathLike, *, manifest: dict[str, Any], config: Config | None = None
+) -> Path:
+    """Write ``report.html`` of a run whose files :func:`write_outputs` wrote into ``out``."""
+    from changedet import report
+
+    cfg = config or Config()
+    out = Path(out)
+    figures = {name: out / name for name in manifest["outputs"] if name.startswith("figures/")}
+    return report.write_report(
+        out,
+        before=result.before,
+        after=result.after,
+        craters=_for_output(result.craters),
+        damage=_for_output(result.damage),
+        facilities=None if result.facilities is None else _for_output(result.facilities),
+        coreg=result.coreg,
+        threshold=result.threshold,
+        manifest=manifest,
+        figures=figures,
+        rings_m=cfg.facilities.rings_m,
+        config=cfg.report,
+        title=_title(result, cfg),
+    )
+
+
+def _title(result: PairResult, cfg: Config) -> str:
+    """The report title: configured, else the before image's folder name."""
+    if cfg.report.title:
+        return cfg.report.title
+    source = result.before.attrs.get("source")
+    first = source[0] if isinstance(source, (list, tuple)) and source else source
+    return Path(str(first)).resolve().parent.name if first else "changedet report"
+
+
+def _write_gpkg_layers(layers: dict[str, gpd.GeoDataFrame], path: Path) -> Path:
+    """One GeoPackage with a layer per frame (scene CRS), written atomically."""
+    import pyogrio
+
+    from changedet._atomic import atomic_path
+
+    # GeoPackages record a "last change" time; pin it so a re-run writes identical bytes.
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": "2000-01-01T00:00:00.000Z"})
+    with atomic_path(path) as tmp:
+        tmp.unlink()  # the GPKG driver creates the file itself, and wants a .gpkg name
+        named = tmp.with_suffix(".gpkg")
+        try:
+            for layer, gdf in layers.items():
+                gdf.to_file(named, driver="GPKG", layer=layer, mode="a" if named.exists() else "w")
+            os.replace(named, tmp)
+        finally:
+            named.unlink(missing_ok=True)
+    return path
 
 
 def _path(value: Any) -> Any:

@@ -54,17 +54,46 @@ def test_verify_manifest__rerun_reproduces_every_hash(run_dir: Path) -> None:
     assert set(report["rerun"]) == set(load_manifest(run_dir / "manifest.json")["outputs"])
 
 
+def _copy_run(run_dir: Path, copy: Path) -> None:
+    for p in run_dir.rglob("*"):
+        if p.is_file():
+            (copy / p.relative_to(run_dir)).parent.mkdir(parents=True, exist_ok=True)
+            (copy / p.relative_to(run_dir)).write_bytes(p.read_bytes())
+
+
 def test_verify_manifest__detects_a_changed_output_byte(run_dir: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     copy.mkdir()
-    for p in run_dir.iterdir():
-        (copy / p.name).write_bytes(p.read_bytes())
+    _copy_run(run_dir, copy)
     data = bytearray((copy / "craters.geojson").read_bytes())
     data[len(data) // 2] ^= 0x01
     (copy / "craters.geojson").write_bytes(bytes(data))
     report = verify_manifest(copy / "manifest.json", rerun=False)
     assert not report["ok"] and report["outputs"]["craters.geojson"] == "changed"
     assert main(["verify", str(copy / "manifest.json"), "--no-rerun"]) == 1
+
+
+def test_verify_manifest__detects_a_changed_figure_byte(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _copy_run(run_dir, tmp_path)
+    assert verify_manifest(tmp_path / "manifest.json", rerun=False)["ok"]
+    fig = tmp_path / "figures" / "overview.png"
+    data = bytearray(fig.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    fig.write_bytes(bytes(data))
+    report = verify_manifest(tmp_path / "manifest.json", rerun=False)
+    assert not report["ok"] and report["outputs"]["figures/overview.png"] == "changed"
+    assert main(["verify", str(tmp_path / "manifest.json"), "--no-rerun"]) == 1
+    assert "figures/overview.png: changed" in capsys.readouterr().out
+
+
+def test_verify_manifest__run_log_is_listed_but_not_compared(run_dir: Path, tmp_path: Path) -> None:
+    _copy_run(run_dir, tmp_path)
+    (tmp_path / "run.log").write_text("edited\n")  # run.log holds wall-clock times
+    report = verify_manifest(tmp_path / "manifest.json", rerun=False)
+    assert report["ok"]
+    assert report["outputs"]["run.log"].startswith("not compared: holds wall-clock times")
 
 
 def test_load_manifest__bad_files(tmp_path: Path) -> None:

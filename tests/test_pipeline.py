@@ -13,20 +13,22 @@ import rasterio
 from changedet.cli import main
 from changedet.config import Config
 from changedet.evaluate import evaluate_run
-from changedet.pipeline import run_pair
+from changedet.pipeline import RUN_LOG_REASON, run_pair
 from changedet.synthetic import SceneSettings, generate_site
 
 OUTPUTS = [
     "change_score.tif",
     "change_mask.tif",
     "craters.geojson",
-    "craters.gpkg",
     "damage.geojson",
-    "damage.gpkg",
     "coreg.json",
     "facilities.csv",
     "facilities.geojson",
+    "results.gpkg",
+    "figures",
+    "report.html",
     "manifest.json",
+    "run.log",
 ]
 
 
@@ -68,7 +70,8 @@ def test_run_pair__writes_documented_outputs(run: Path, site: Path) -> None:
         assert mask.overviews(1) or max(mask.shape) <= 512  # a COG has overviews when large
     assert gpd.read_file(run / "craters.geojson").crs.to_epsg() == 4326
     with rasterio.open(site / "before.tif") as ref:
-        assert gpd.read_file(run / "damage.gpkg").crs == ref.crs
+        for layer in ("craters", "damage", "facilities"):
+            assert gpd.read_file(run / "results.gpkg", layer=layer).crs == ref.crs
     coreg = json.loads((run / "coreg.json").read_text())
     assert {"shift_px", "rmse_px", "passed", "displacement_grid", "normalization"} <= set(coreg)
 
@@ -151,3 +154,59 @@ def test_main__run_pairs_that_do_not_overlap(
     )
     assert code == 2
     assert "overlap" in capsys.readouterr().err
+
+
+def test_run_pair__results_gpkg_holds_the_same_rows_as_the_files(run: Path) -> None:
+    import pyogrio
+
+    assert sorted(name for name, _ in pyogrio.list_layers(run / "results.gpkg")) == [
+        "craters",
+        "damage",
+        "facilities",
+    ]
+    for layer in ("craters", "damage", "facilities"):
+        gpkg = gpd.read_file(run / "results.gpkg", layer=layer)
+        geojson = gpd.read_file(run / f"{layer}.geojson")
+        assert list(gpkg["id"].astype(str)) == list(geojson["id"].astype(str))
+
+
+def test_run_pair__one_figure_per_facility_at_150_dpi(run: Path, site: Path) -> None:
+    from PIL import Image
+
+    ids = [str(i) for i in gpd.read_file(site / "facilities.geojson")["id"]]
+    names = sorted(p.name for p in (run / "figures").iterdir())
+    assert names == sorted(["overview.png", *(f"facility_{i}.png" for i in ids)])
+    for p in (run / "figures").iterdir():
+        with Image.open(p) as img:
+            assert img.info["dpi"][0] >= 149.9 and img.width > 900
+            assert "Software" not in img.info  # no version stamp: bytes reproducible
+
+
+def test_run_pair__run_log_and_manifest_entries(run: Path) -> None:
+    text = (run / "run.log").read_text()
+    for stage in ("read", "coregister", "craters", "facilities", "write", "report"):
+        assert f"INFO {stage} done in" in text
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert "report.html" in manifest["outputs"] and "figures/overview.png" in manifest["outputs"]
+    assert "run.log" not in manifest["outputs"]
+    assert manifest["unchecked_outputs"]["run.log"]["reason"] == RUN_LOG_REASON
+    assert manifest["timings_s"]["report"] >= 0
+
+
+def test_run_pair__report_html_is_self_contained_and_deterministic(run: Path) -> None:
+    page = (run / "report.html").read_text()
+    assert 'src="data:image/png;base64,' in page and 'src="http' not in page
+    assert str(run) not in page  # nothing about where the run was written
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["created_utc"][:10] not in page  # no date
+    for name in ("overview.png", "facility_"):
+        assert name in page
+
+
+def test_run_pair__report_renders_in_headless_chromium(run: Path, site: Path) -> None:
+    from tests.test_report import chromium_dom
+
+    dom = chromium_dom(run / "report.html")
+    ids = [str(i) for i in gpd.read_file(site / "facilities.geojson")["id"]]
+    assert '<table class="facilities">' in dom
+    assert all(f'data-facility="{i}"' in dom for i in ids)
