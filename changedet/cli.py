@@ -39,7 +39,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     outputs = demo.run_demo(args.tiles, args.out, pipeline=not args.figures_only)
     print(f"changedet demo: {len(outputs)} site(s), results in {Path(args.out).resolve()}")
     for p in outputs:
-        print(f"  {p}")
+        report = Path(p) / "report.html"
+        print(f"  {report if report.is_file() else p}")
     return 0
 
 
@@ -111,7 +112,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 f"damage {f['damage_class']}"
             )
     print(f"results in {Path(args.out).resolve()}")
+    print(f"report: {(Path(args.out) / 'report.html').resolve()}")
     return 0
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    import logging
+
+    from changedet.batch import run_batch
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("changedet: %(message)s"))
+    logging.getLogger("changedet").addHandler(handler)
+    cfg = _load_config(args)
+    record = run_batch(
+        args.tiles,
+        args.out,
+        facilities=args.facilities,
+        config=cfg,  # type: ignore[arg-type]
+        scheduler=args.scheduler,
+        workers=args.workers,
+        chunk_parallel_min_chunks=args.chunk_parallel_min_chunks,
+        progress=not args.quiet,
+    )
+    for tile_id, pair in record["pairs"].items():
+        if pair["status"] == "failed":
+            print(f"failed: {tile_id}: {pair.get('error', '')}")
+    counts: dict[str, int] = {}
+    for pair in record["pairs"].values():
+        counts[pair["status"]] = counts.get(pair["status"], 0) + 1
+    print(
+        "changedet batch: "
+        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        + f"; summary in {(Path(args.out) / 'summary').resolve()}"
+    )
+    return 1 if record["failed"] else 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -214,6 +249,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace the results of a different run in --out"
     )
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "batch", help="run every pair of a tile folder on a Dask cluster (resumable), one summary"
+    )
+    p.add_argument(
+        "tiles",
+        type=Path,
+        help="tile folder (<site>/before.tif + after.tif, or <id>_pre.tif + <id>_post.tif) "
+        "or a CSV with id,before,after[,footprints,facilities,sun_azimuth,sun_elevation]",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder (re-run to resume)")
+    p.add_argument(
+        "--facilities", type=Path, help="one facility list for all pairs (replaces per-site lists)"
+    )
+    p.add_argument(
+        "--scheduler", help="address of a running dask.distributed scheduler, tcp://host:port"
+    )
+    p.add_argument(
+        "--workers", type=int, help="local cluster: worker processes (default: one per core)"
+    )
+    p.add_argument(
+        "--chunk-parallel-min-chunks",
+        type=int,
+        default=16,
+        metavar="N",
+        help="spread a pair chunk by chunk over the cluster from N Dask chunks (0: never)",
+    )
+    p.add_argument("--config", type=Path, help="a TOML/YAML/JSON config file")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override one parameter, e.g. change.threshold=0.3",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_batch)
 
     p = sub.add_parser("evaluate", help="score a run's detections against ground truth")
     p.add_argument("detections", type=Path, help="output folder of `changedet run`")
