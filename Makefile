@@ -34,9 +34,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check changedet tests benchmarks
 
 # With .venv-bench (make bench-env) the same scripts also run AROSICS side by side.
+# BENCH_ARGS go to benchmarks/run.py, e.g. `make bench BENCH_ARGS=--large` (whole pipeline at 32768²).
+BENCH_ARGS ?=
 bench: $(STAMP)
-	@if [ -x .venv-bench/bin/python ]; then .venv-bench/bin/python benchmarks/run.py; \
-	else echo "(no .venv-bench: AROSICS comparison skipped; run make bench-env first)"; $(BIN)/python benchmarks/run.py; fi
+	@if [ -x .venv-bench/bin/python ]; then .venv-bench/bin/python benchmarks/run.py $(BENCH_ARGS); \
+	else echo "(no .venv-bench: AROSICS comparison skipped; run make bench-env first)"; $(BIN)/python benchmarks/run.py $(BENCH_ARGS); fi
 
 # A separate environment with AROSICS for the co-registration comparison; never a runtime dependency.
 bench-env:

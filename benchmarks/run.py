@@ -5,14 +5,19 @@ The scripts, in order (each skips what it cannot run, with the reason):
 * ``bench_coregister.py`` — co-registration accuracy (synthetic, Landsat known shifts, the
   Sentinel-2 pair) and speed at 8192², against AROSICS when ``make bench-env`` was run;
 * ``eval_craters.py --split report`` — crater detection on the held-out synthetic seeds;
-* ``eval_damage.py --split report`` — building damage on the held-out synthetic seeds.
+* ``eval_damage.py --split report`` — building damage on the held-out synthetic seeds;
+* ``bench_pipeline.py`` — the whole pipeline on 2048² to 16384² pairs (32768² with ``--large``)
+  against a naive baseline and AROSICS, time and peak memory per size, in fresh subprocesses.
 
-Results are recorded by hand in ``benchmarks/RESULTS.md`` with the machine and date.
+Results are recorded by hand in ``benchmarks/RESULTS.md`` with the machine and date, except the
+generated block of its ``## Whole pipeline`` section, which ``bench_pipeline.py`` rewrites
+(not on ``--quick`` runs).
 
 Usage::
 
     python benchmarks/run.py            # all
     python benchmarks/run.py --quick    # smaller cases, for a smoke run
+    python benchmarks/run.py --large    # the whole-pipeline benchmark also at 32768²
 """
 
 from __future__ import annotations
@@ -29,11 +34,17 @@ HERE = Path(__file__).resolve().parent
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller cases (a smoke run)")
+    ap.add_argument("--large", action="store_true", help="whole pipeline also at 32768²")
     args = ap.parse_args()
     runs = [
         ["bench_coregister.py", *(["--quick"] if args.quick else [])],
         ["eval_craters.py", "--split", "report", *(["--n", "3"] if args.quick else [])],
         ["eval_damage.py", "--split", "report", *(["--n", "3"] if args.quick else [])],
+        [
+            "bench_pipeline.py",
+            *(["--quick"] if args.quick else ["--write-results"]),
+            *(["--large"] if args.large else []),
+        ],
     ]
     failed = []
     for script, *rest in runs:
