@@ -198,6 +198,17 @@ def _dump(cfg: object) -> str:
     return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
 
 
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and repeatable ``--set KEY=VALUE`` (read by :func:`_load_config`)."""
+    p.add_argument("--config", type=Path, help="a TOML/YAML/JSON config file")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override one parameter, e.g. change.threshold=0.3",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``changedet`` command (also used to document it)."""
     parser = argparse.ArgumentParser(
@@ -233,13 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--footprints", type=Path, help="building footprints (GeoJSON/GeoPackage)")
     p.add_argument("--facilities", type=Path, help="facility list (GeoJSON/GeoPackage/CSV lon,lat)")
-    p.add_argument("--config", type=Path, help="a TOML/YAML/JSON config file")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override one parameter, e.g. change.threshold=0.3",
-    )
+    _add_config_args(p)
     p.add_argument(
         "--sun-azimuth", type=float, help="sun azimuth of the after image, degrees from north"
     )
@@ -276,13 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="spread a pair chunk by chunk over the cluster from N Dask chunks (0: never)",
     )
-    p.add_argument("--config", type=Path, help="a TOML/YAML/JSON config file")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override one parameter, e.g. change.threshold=0.3",
-    )
+    _add_config_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_batch)
 
