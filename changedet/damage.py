@@ -541,9 +541,9 @@ def assess_damage(
     Returns
     -------
     geopandas.GeoDataFrame
-
-
-
+        One row per footprint, in the scene CRS: ``id``, ``damage_class``, ``damaged_share``,
+        ``damaged_m2`` (damaged area inside the footprint), ``mean_score``,
+        ``assessable_share``, ``n_pixels``, ``geometry`` (the original footprint).
 
     Raises
     ------
