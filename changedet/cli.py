@@ -61,13 +61,23 @@ def _load_config(args: argparse.Namespace) -> object:
 
 
 def _parse_value(text: str) -> object:
-    """A --set value: TOML/JSON scalars and lists (numbers, true/false, [a, b]), else the string."""
+    """A --set value: JSON scalars and lists (numbers, true/false, [a, b]), a comma-separated
+    list (``50,100,250`` or ``pdf,svg``), else the string.
+
+    Examples
+    --------
+    >>> _parse_value("0.3"), _parse_value("pdf"), _parse_value("50, 100"), _parse_value("pdf,svg")
+    (0.3, 'pdf', [50, 100], ['pdf', 'svg'])
+    """
     import json
 
     try:
         return json.loads(text)
     except ValueError:
-        return text
+        pass
+    if "," in text and not text.lstrip().startswith(("[", "{")):
+        return [_parse_value(part.strip()) for part in text.split(",")]
+    return text
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

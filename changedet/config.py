@@ -379,6 +379,10 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             return value
         raise ConfigError(None, f"option '{name}' must be one of {list(args)}, not {value!r}", None)
     if origin in (tuple, list):
+        if isinstance(value, (str, int, float)):
+            value = [
+                value
+            ]  # one value for a list option: a list of one (`--set report.formats=pdf`)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(None, f"option '{name}' must be a list, not {value!r}", None)
         inner = args[0] if args else Any

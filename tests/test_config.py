@@ -44,6 +44,38 @@ def test_updated__wrong_type() -> None:
         Config().updated({"io": {"chunk_px": "big"}})
 
 
+def test_updated__one_value_for_a_list_option_is_a_list_of_one() -> None:
+    cfg = Config().updated_dotted({"report.formats": "pdf", "facilities.rings_m": 100})
+    assert cfg.report.formats == ("pdf",)
+    assert cfg.facilities.rings_m == (100.0,)
+    with pytest.raises(ConfigError, match="must be one of"):
+        Config().updated_dotted({"report.formats": "png"})
+
+
+def test_cli_set__comma_separated_list() -> None:
+    from changedet.cli import _load_config, build_parser
+
+    args = build_parser().parse_args(
+        [
+            "run",
+            "a.tif",
+            "b.tif",
+            "--out",
+            "o",
+            "--set",
+            "report.formats=pdf,svg",
+            "--set",
+            "facilities.rings_m=25, 75",
+            "--set",
+            "change.threshold=0.3",
+        ]
+    )
+    cfg = _load_config(args)
+    assert cfg.report.formats == ("pdf", "svg")
+    assert cfg.facilities.rings_m == (25.0, 75.0)
+    assert cfg.change.threshold == 0.3
+
+
 @pytest.mark.parametrize(
     ("name", "text"),
     [
