@@ -16,8 +16,10 @@ pipeline, with the after image's sun angles from ``truth/scene.json`` (``sun_aft
 Scoring follows :func:`changedet.evaluate._building_f1`: a building is *damaged* when its class
 is destroyed, severe or moderate; truth ``possible`` buildings and new construction are left
 out. Printed per split: building precision / recall / F1 (pooled over sites, and the median of
-per-site F1), the confusion of truth class × predicted class, and seconds per scene (change +
-damage; and the cached preparation stages once).
+per-site F1), the confusion of truth class × predicted class, the class agreement (share of
+truth destroyed/severe/moderate buildings given exactly their class), and seconds per scene
+(change + damage; and the cached preparation stages once). ``--verbose`` lists every yes/no
+error and every truth-damaged building given another class, with its shares.
 
 Splits: ``tune`` = seeds 0-9 (look at these while developing), ``report`` = seeds 100-119 (run
 at the end only; never tune on them).
@@ -182,6 +184,20 @@ def evaluate_site(seed: int) -> dict[str, Any]:
         for i in t.index
         if keep[i] and (true_dmg[i] != pred_dmg[i])
     ]
+    # class disagreements among truth-damaged buildings (shown by --verbose)
+    class_errors = [
+        {"id": i, "truth": t[i], "pred": d[i], **{c: e[c] for c in e if c not in ("id",)}}
+        for i in t.index
+        if t[i] in DAMAGED and d[i] != t[i]
+        for e in [
+            {
+                c: round(float(extra[c][i]), 3)
+                for c in extra.columns
+                if c not in ("id", "damage_class", "geometry")
+                and np.issubdtype(extra[c].dtype, np.number)
+            }
+        ]
+    ]
     return {
         "seed": seed,
         "sun_after": scene["settings"]["sun_after"],
@@ -192,6 +208,7 @@ def evaluate_site(seed: int) -> dict[str, Any]:
         "seconds": dt,
         "prep_seconds": t_prep,
         "errors": errors,
+        "class_errors": class_errors,
     }
 
 
@@ -251,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             for e in r["errors"]:
                 print("        ", e)
+            for e in r["class_errors"]:
+                print("   class", e)
     tp = sum(r["tp"] for r in results)
     npred = sum(r["n_pred"] for r in results)
     ntrue = sum(r["n_true"] for r in results)
@@ -274,6 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     for tc in TRUTH_CLASSES:
         row = [sum(r["conf"].get(tc, {}).get(c, 0) for r in results) for c in CLASSES]
         print(f"{tc:>10}" + "".join(f"{v:>10}" for v in row))
+    from changedet.evaluate import DAMAGED
+
+    exact = sum(r["conf"].get(tc, {}).get(tc, 0) for r in results for tc in DAMAGED)
+    n_dmg = sum(sum(r["conf"].get(tc, {}).values()) for r in results for tc in DAMAGED)
+    print(
+        f"class agreement over truth-damaged buildings ({'/'.join(DAMAGED)}): "
+        f"{exact}/{n_dmg} = {exact / max(n_dmg, 1):.3f} exact"
+    )
     secs = [r["seconds"] for r in results]
     prep = [r["prep_seconds"] for r in results if r["prep_seconds"] > 0]
     print(

@@ -13,8 +13,8 @@ after UNOSAT:
 ============================  ===============================================================
 class                          damaged part of the footprint (defaults)
 ============================  ===============================================================
-``destroyed``                  share ≥ 0.60
-``severe``                     share ≥ 0.35
+``destroyed``                  share ≥ 0.60, and ≥ 50 % of the edge band (walls gone)
+``severe``                     share ≥ 0.35, and ≥ 25 % of the edge band (partial collapse)
 ``moderate``                   share ≥ 0.15, or ≥ 8 m² damaged (a roof hole and its debris)
 ``possible``                   share ≥ 0.05
 ``no visible damage``          below that
@@ -23,14 +23,20 @@ class                          damaged part of the footprint (defaults)
 
 The area rule matters on large roofs: a hole with debris round it is moderate damage on a
 600 m² hospital as on a 60 m² house, where a share alone would call it ``possible`` or nothing.
+The edge-band rule (image evidence only) is UNOSAT's line between the heavy classes: whether
+the structure stands. A collapse throws rubble across the wall line; holes and debris inside
+standing walls leave the roof's edge strip intact, and the building is at most ``moderate``
+however much of the roof is covered.
 
 Footprints are shrunk first, by ``edge_buffer_m`` or ``edge_fraction`` of their width whichever
 is larger, so that walls, eaves, parapet shadows and residual misregistration at the edges do
-not count.
+not count in the damaged share; the strip left out (the *edge band*) gets its own damaged share,
+``edge_damaged_share``, read for the class only.
 
 When the co-registered pair is passed too (``before=``, ``after=``), a pixel counts as damaged on
 image evidence (:func:`damage_evidence`) rather than on the change score: the roof's structure is
-lost (low before/after correlation) *and* the change is what rubble or fire does, over an area
+lost (low before/after correlation, with a noise floor so that a plain roof turned rough counts
+as lost) *and* the change is what rubble or fire does, over an area
 (morphological opening): new rough texture that edges do not explain, in a change that is itself
 rough (rubble replaces the roof pixel by pixel, while light multiplies a surface by one factor,
 so the after/before ratio is flat inside a moved shadow), or strong darkening (soot, voids).
@@ -89,9 +95,11 @@ class DamageParams:
     window_sigma_m, truncate
         Gaussian window of the image evidence (:func:`damage_evidence`); the chunk halo follows.
     max_correlation
-        Image evidence: a pixel is damaged only where the before/after structure correlation
-        (SSIM's structure term, regularised so that featureless areas count as unchanged) is
-        below this: a moved shadow or a gain change keeps the roof's structure, rubble does not.
+        Image evidence: a pixel is damaged only where the before/after correlation in the
+        Gaussian window, with a noise floor (variance of SSIM's C3) added to both images, is
+        below this: a moved shadow or a gain change keeps the roof's structure, rubble does
+        not; two featureless windows count as unchanged, while a plain roof that turned rough
+        (rubble on a smooth slab) has lost its uniform surface.
     texture_window_m
         Side of the square windows of the texture measure: the local standard deviation is
         the second smallest over the four windows that have the pixel at a corner, so that the
@@ -124,6 +132,16 @@ class DamageParams:
         structural damage on a 600 m² hospital as on a 60 m² house, where a share alone would
         call it ``possible`` or nothing on the large roof. It is about 2.5 times the smallest
         patch the ``min_extent_m`` opening keeps (a disc of 1 m radius, π m²).
+    destroyed_edge_share, severe_edge_share
+        With image evidence, a building is ``destroyed`` only when at least this share of its
+        edge band (the strip between the outline and the counted interior: walls, roof edge)
+        is damaged too, and ``severe`` only when at least ``severe_edge_share`` is; below, the
+        class drops by one or two steps (not under ``moderate``). UNOSAT's line between the
+        classes is whether the structure stands: a collapse throws rubble across the wall
+        line, while a roof holed and covered in debris inside standing walls keeps its edge.
+        The band is left out of the damaged share (walls and parapet shadows change with the
+        sun), but the image evidence ignores moved shadows, so its damaged share is read for
+        this.
     min_assessable_share
         Below this share of assessable pixels a footprint is ``not assessable``.
     region_cell_m
@@ -150,6 +168,8 @@ class DamageParams:
     moderate: float = 0.15
     possible: float = 0.05
     moderate_area_m2: float = 8.0
+    destroyed_edge_share: float = 0.5
+    severe_edge_share: float = 0.25
     min_assessable_share: float = 0.5
     region_cell_m: float = 2.0
     region_min_share: float = 0.5
@@ -160,20 +180,37 @@ class DamageParams:
             raise ValueError(
                 "damage class bounds must satisfy 0 <= possible <= moderate <= severe <= destroyed <= 1"
             )
+        if not (0 <= self.severe_edge_share <= self.destroyed_edge_share <= 1):
+            raise ValueError(
+                "edge band bounds must satisfy 0 <= severe_edge_share <= destroyed_edge_share <= 1"
+            )
 
-    def classify(self, share: float, assessable_share: float, damaged_m2: float = 0.0) -> str:
-        """The UNOSAT class for a damaged share, an assessable share and a damaged area.
+    def classify(
+        self,
+        share: float,
+        assessable_share: float,
+        damaged_m2: float = 0.0,
+        edge_share: float = math.nan,
+    ) -> str:
+        """The UNOSAT class for a damaged share, an assessable share, a damaged area and the
+        damaged share of the edge band (walls and roof edge; NaN: not known).
 
         Examples
         --------
         >>> p = DamageParams()
         >>> p.classify(0.4, 1.0), p.classify(0.02, 1.0), p.classify(0.02, 1.0, damaged_m2=12.0)
         ('severe', 'no visible damage', 'moderate')
+        >>> p.classify(0.9, 1.0, edge_share=0.8), p.classify(0.9, 1.0, edge_share=0.1)
+        ('destroyed', 'moderate')
         """
         if not assessable_share >= self.min_assessable_share:
             return "not assessable"
-        for name in ("destroyed", "severe", "moderate"):
-            if share >= getattr(self, name):
+        standing = {  # NaN (no band, or no image evidence) never lowers a class
+            "destroyed": edge_share < self.destroyed_edge_share,
+            "severe": edge_share < self.severe_edge_share,
+        }
+        for name in ("destroyed", "severe", "moderate"):  # standing walls: on to the next
+            if share >= getattr(self, name) and not standing.get(name, False):
                 return name
         if damaged_m2 >= self.moderate_area_m2:  # a hole in a large roof
             return "moderate"
@@ -230,8 +267,11 @@ def _block_counts(
     n: int,
     threshold: float,
     evidence: np.ndarray | None = None,
+    outline_shapes: list[tuple[object, int]] | None = None,
 ) -> np.ndarray:
-    """Per-footprint counts in one block: [pixels, assessable, damaged, sum of score].
+    """Per-footprint counts in one block: [pixels, assessable, damaged, sum of score] of the
+    counted interiors (``shapes``), then [assessable, damaged] of the edge bands (pixels of
+    ``outline_shapes``, the whole footprints, outside every counted interior).
 
     The transform travels as its six coefficients: dask rebuilds tuples it traverses, which
     would turn an ``Affine`` (a named tuple) into a plain one.
@@ -241,7 +281,7 @@ def _block_counts(
     if unassessable is not None:
         ok &= ~unassessable
     flat = labels.ravel()
-    counts = np.zeros((4, n + 1))
+    counts = np.zeros((6, n + 1))
     counts[0] = np.bincount(flat, minlength=n + 1)
     counts[1] = np.bincount(flat, weights=ok.ravel(), minlength=n + 1)
     if evidence is None:
@@ -250,6 +290,11 @@ def _block_counts(
         damaged = ok & (evidence > 0.5)
     counts[2] = np.bincount(flat, weights=damaged.ravel(), minlength=n + 1)
     counts[3] = np.bincount(flat, weights=np.where(ok, score, 0).ravel(), minlength=n + 1)
+    if outline_shapes is not None:
+        outline = _label_block(score.shape, outline_shapes, transform_coeffs)
+        band = np.where(labels == 0, outline, 0).ravel()
+        counts[4] = np.bincount(band, weights=ok.ravel(), minlength=n + 1)
+        counts[5] = np.bincount(band, weights=damaged.ravel(), minlength=n + 1)
     return counts
 
 
@@ -327,10 +372,14 @@ def _evidence_kernel(
     vx = np.maximum(g(x * x) - mx * mx, 0)
     vy = np.maximum(g(y * y) - my * my, 0)
     cxy = g(x * y) - mx * my
-    # SSIM's structure term with its constant C3 = C2 / 2: where neither image has structure
-    # above the noise floor (a smooth roof, a shadow on it) the correlation tends to 1.
+    # Correlation with a noise floor of variance C3 = C2 / 2 (SSIM's constant) added to both
+    # images: where neither has structure above the floor (a smooth roof, a shadow on it) it
+    # tends to 1; where a smooth roof has become rough (rubble on a plain slab) it tends to
+    # sqrt(C3 / var_after), low: the uniform roof surface is gone. (SSIM's own structure term,
+    # (cov + C3) / (σ_b σ_a + C3), tends to 1 whenever one image is smooth, so a plain roof
+    # that collapsed counted as unchanged: destroyed roofs came out severe or moderate.)
     c3 = 0.03**2 / 2
-    corr = (cxy + c3) / (np.sqrt(vx * vy) + c3)
+    corr = (cxy + c3) / np.sqrt((vx + c3) * (vy + c3))
 
     # Texture that edges do not explain: the smallest standard deviation over the four windows
     # with the pixel at a corner. Rubble is rough in every window; the straight edges and
@@ -376,10 +425,11 @@ def damage_evidence(
     """Per-pixel damage evidence from the co-registered, normalised pair.
 
     A pixel is damaged when the roof's structure is lost (low before/after correlation in a
-    Gaussian window) *and* the change is one rubble or fire makes: new rough texture that
-    edges do not explain (the second smallest standard deviation of the four windows with the
-    pixel at a corner grows, :func:`_corner_variance`) in a change that is itself rough (the
-    log-ratio after/before varies in those windows), or strong darkening (soot, voids). A
+    Gaussian window, with a noise floor: a plain roof turned rough has lost its structure)
+    *and* the change is one rubble or fire makes: new rough texture that edges do not explain
+    (the second smallest standard deviation of the four windows with the pixel at a corner
+    grows, :func:`_corner_variance`) in a change that is itself rough (the log-ratio
+    after/before varies in those windows), or strong darkening (soot, voids). A
     moved shadow only darkens a roof whose texture stays (high correlation, or too little
     structure to tell); its straight edges and corners leave windows smooth, and the ratio
     inside it is flat, also for the short shadows of water tanks and stairwells on a roof;
@@ -542,7 +592,9 @@ def assess_damage(
     -------
     geopandas.GeoDataFrame
         One row per footprint, in the scene CRS: ``id``, ``damage_class``, ``damaged_share``,
-        ``damaged_m2`` (damaged area inside the footprint), ``mean_score``,
+        ``damaged_m2`` (damaged area inside the footprint), ``edge_damaged_share`` (damaged
+        share of the edge band left out of the count: walls, roof edge; NaN where there is
+        none; used for the class with image evidence only), ``mean_score``,
         ``assessable_share``, ``n_pixels``, ``geometry`` (the original footprint).
 
     Raises
@@ -577,32 +629,45 @@ def assess_damage(
         if len(idx) == 0:
             continue
         shapes = [(fp["_count_geom"].iloc[i], int(i) + 1) for i in idx]
+        outlines = [(fp.geometry.iloc[i], int(i) + 1) for i in idx]
         s_block = score.data[ys, xs]
         m_block = None if not_assessable is None else not_assessable.data[ys, xs]
         e_block = None if evidence is None else evidence.data[ys, xs]
         tasks.append(
             dask.delayed(_block_counts)(
-                s_block, m_block, shapes, list(block_transform)[:6], n, threshold, e_block
+                s_block,
+                m_block,
+                shapes,
+                list(block_transform)[:6],
+                n,
+                threshold,
+                e_block,
+                outlines,
             )
         )
-    counts = np.zeros((4, n + 1))
+    counts = np.zeros((6, n + 1))
     for c in dask.compute(*tasks):
         counts += c
-    pixels, assessable, damaged, ssum = counts[:, 1:]
+    pixels, assessable, damaged, ssum, band_assessable, band_damaged = counts[:, 1:]
     damaged_m2 = damaged * abs(transform.a * transform.e - transform.b * transform.d)
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(assessable > 0, damaged / assessable, np.nan)
         mean_score = np.where(assessable > 0, ssum / assessable, np.nan)
         ass_share = np.where(pixels > 0, assessable / pixels, 0.0)
+        edge_share = np.where(band_assessable > 0, band_damaged / band_assessable, np.nan)
+    # The edge band is read on image evidence only: the change score alone lights up walls
+    # and moved shadows there, which is why the band is left out of the damaged share.
+    edge_for_class = edge_share if evidence is not None else np.full(n, np.nan)
     out = gpd.GeoDataFrame(
         {
             "id": fp["id"].astype(str).to_numpy(),
             "damage_class": [
-                params.classify(s, a, m)
-                for s, a, m in zip(share, ass_share, damaged_m2, strict=True)
+                params.classify(s, a, m, e)
+                for s, a, m, e in zip(share, ass_share, damaged_m2, edge_for_class, strict=True)
             ],
             "damaged_share": share.round(4),
             "damaged_m2": damaged_m2.round(2),
+            "edge_damaged_share": edge_share.round(4),
             "mean_score": mean_score.round(4),
             "assessable_share": ass_share.round(4),
             "n_pixels": pixels.astype("int64"),

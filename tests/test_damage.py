@@ -114,8 +114,15 @@ def test_assess_damage__dask_equals_numpy(chunks: tuple[int, int]) -> None:
     eager = assess_damage(score, fp, threshold=0.5)
     lazy_score = score.copy(data=da.from_array(score.values, chunks=chunks))
     lazy = assess_damage(lazy_score, fp, threshold=0.5)
-    for col in ("damage_class", "damaged_share", "mean_score", "assessable_share", "n_pixels"):
-        assert list(lazy[col]) == list(eager[col])
+    for col in (
+        "damage_class",
+        "damaged_share",
+        "edge_damaged_share",
+        "mean_score",
+        "assessable_share",
+        "n_pixels",
+    ):
+        assert lazy[col].tolist() == eager[col].tolist()
 
 
 def test_assess_damage__footprints_in_wgs84_are_reprojected() -> None:
@@ -150,6 +157,8 @@ def test_assess_damage__footprints_without_crs() -> None:
 def test_damage_params__bounds_must_be_ordered() -> None:
     with pytest.raises(ValueError, match="possible <= moderate"):
         DamageParams(moderate=0.5, severe=0.3)
+    with pytest.raises(ValueError, match="severe_edge_share <= destroyed_edge_share"):
+        DamageParams(severe_edge_share=0.6, destroyed_edge_share=0.5)
 
 
 def test_damaged_regions__finds_damaged_blocks_only() -> None:
@@ -205,7 +214,11 @@ def _pair(kind: str, shape: tuple[int, int] = (120, 130)) -> tuple[xr.DataArray,
     roof), ``"shift"`` (the whole after image moved by 0.2 px: residual misregistration),
     ``"roof_object"`` (a 2 m water tank on the roof whose shadow turns from 1 m south-east to
     3.5 m west: the sun moved), ``"hole"`` (a dark hole of 1.25 m radius with rubble to
-    2.5 m round it, in the middle of the roof).
+    2.5 m round it, in the middle of the roof), ``"collapse"`` (a plain roof, no texture but
+    the sensor noise, replaced by rubble with patches of dust, spilling 2 m beyond the walls:
+    the building is down), ``"big_hole"`` (a hole of 3 m radius with debris to 6.5 m, on the
+    roof's middle: most of the roof is damaged, but 2.5 m of roof stand all round along the
+    walls).
     """
     from scipy import ndimage
 
@@ -220,6 +233,8 @@ def _pair(kind: str, shape: tuple[int, int] = (120, 130)) -> tuple[xr.DataArray,
     roof = np.array([170.0, 150.0, 140.0])[:, None, None] * (
         1 + smooth_noise(2, 0.03) + smooth_noise(0.7, 0.02)
     )
+    if kind == "collapse":  # a plain slab: no texture above the sensor noise
+        roof = np.array([170.0, 150.0, 140.0])[:, None, None] * np.ones((1, *shape))
     inside = np.zeros(shape, bool)
     inside[30:70, 30:70] = True
     before = np.where(inside, roof, ground)
@@ -236,6 +251,24 @@ def _pair(kind: str, shape: tuple[int, int] = (120, 130)) -> tuple[xr.DataArray,
         debris = np.array([140.0, 130.0, 115.0])[:, None, None] * blocks
         debris = np.where(voids[:ny, :nx], 45.0, debris)
         after = np.where(inside, debris, after)
+    elif kind == "collapse":
+        blocks = rng.uniform(0.45, 1.3, (ny // 3 + 1, nx // 3 + 1, 3))
+        blocks = np.kron(blocks, np.ones((3, 3, 1)))[:ny, :nx].transpose(2, 0, 1)
+        voids = np.kron(rng.random((ny // 2 + 1, nx // 2 + 1)) > 0.75, np.ones((2, 2)))
+        debris = np.array([140.0, 130.0, 115.0])[:, None, None] * blocks
+        debris = np.where(voids[:ny, :nx], 45.0, debris)
+        dust = smooth_noise(4, 1.0) > 1.3  # patches of fine dust: smooth, a little darker
+        debris = np.where(dust, np.array([150.0, 138.0, 125.0])[:, None, None], debris)
+        pile = np.zeros(shape, bool)
+        pile[26:74, 26:74] = True  # 2 m beyond the walls
+        after = np.where(pile, debris, after)
+    elif kind == "big_hole":
+        yy, xx = np.mgrid[:ny, :nx]
+        dist_m = np.hypot(yy - 49.5, xx - 49.5) * GSD
+        blocks = rng.uniform(0.45, 1.3, (ny // 2 + 1, nx // 2 + 1))
+        debris = 140.0 * np.kron(blocks, np.ones((2, 2)))[:ny, :nx] + np.zeros((3, 1, 1))
+        after = np.where(dist_m < 6.5, debris, after)
+        after = np.where(dist_m < 3.0, 30.0, after)
     elif kind == "shift":
         after = np.stack([ndimage.shift(b, (0.2, -0.2), order=3, mode="nearest") for b in before])
     elif kind == "roof_object":
@@ -302,7 +335,47 @@ def test_assess_damage__roof_hole_with_debris_is_moderate() -> None:
     # alone says "possible", the damaged area says a hole.
     assert DamageParams().moderate_area_m2 <= out["damaged_m2"] < 20
     assert out["damaged_share"] < DamageParams().moderate
+    assert out["edge_damaged_share"] == 0  # the walls and roof edge stand
     assert out["damage_class"] == "moderate"
+
+
+def test_assess_damage__collapsed_plain_roof_is_destroyed() -> None:
+    # A plain slab has no structure for rubble to decorrelate from: SSIM's structure term
+    # (regularised so that a flat window counts as unchanged) called this collapse "no
+    # visible damage" (share 0.02); the correlation with a noise floor sees the plain surface
+    # gone.
+    out = _assess_pair("collapse").iloc[0]
+    assert out["damaged_share"] > 0.8
+    assert out["edge_damaged_share"] > 0.8  # rubble across the wall line
+    assert out["damage_class"] == "destroyed"
+
+
+def test_assess_damage__debris_inside_standing_walls_is_moderate() -> None:
+    out = _assess_pair("big_hole").iloc[0]
+    p = DamageParams()
+    # Hole and debris: π 6.5² ≈ 133 m² of the 18 m × 18 m interior counted (≈ 0.41): the share
+    # alone says "severe"; the roof's 2.5 m edge strip is intact, so the structure stands.
+    assert out["damaged_share"] >= p.severe
+    assert out["edge_damaged_share"] < p.severe_edge_share
+    assert out["damage_class"] == "moderate"
+    # Without the image evidence the edge band is not read (the score lights up walls).
+    before, after = _pair("big_hole")
+    score = xr.zeros_like(before.isel(band=0, drop=True))
+    score.values[(damage_evidence(before, after, value_range=255) > 0.5).values] = 0.9
+    by_score = assess_damage(score, _roof(before), threshold=0.5).iloc[0]
+    assert by_score["damaged_share"] == out["damaged_share"]
+    assert by_score["damage_class"] == "severe"
+
+
+def test_damage_params__standing_walls_lower_the_class() -> None:
+    p = DamageParams()
+    assert p.classify(0.9, 1.0, edge_share=0.7) == "destroyed"
+    assert p.classify(0.9, 1.0, edge_share=0.3) == "severe"  # part of the walls down
+    assert p.classify(0.9, 1.0, edge_share=0.1) == "moderate"  # walls stand: holes, debris
+    assert p.classify(0.4, 1.0, edge_share=0.1) == "moderate"
+    assert p.classify(0.9, 1.0, edge_share=math.nan) == "destroyed"  # no band: share alone
+    assert p.classify(0.9, 1.0) == "destroyed"
+    assert p.classify(0.1, 1.0, edge_share=0.0) == "possible"  # never lower than by share
 
 
 def test_corner_variance__edges_are_smooth_texture_is_not() -> None:
@@ -354,7 +427,8 @@ def test_damage_evidence__dask_equals_numpy(chunks: tuple[int, int]) -> None:
         after=lazy_a,
         value_range=255,
     )
-    assert out_lazy["damaged_share"].tolist() == out_eager["damaged_share"].tolist()
+    for col in ("damage_class", "damaged_share", "edge_damaged_share"):
+        assert out_lazy[col].tolist() == out_eager[col].tolist()
 
 
 def test_footprints__interior_margin_scales_with_width() -> None:
