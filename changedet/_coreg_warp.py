@@ -26,13 +26,32 @@ SPLINE_TAIL_PX = 12
 __all__ = ["warp_array"]
 
 
-def _fill_nearest(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def _nearest_valid(valid: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """Index arrays that take every pixel to its nearest valid one (``None``: all valid).
+
+    Computed once per block and shared by its bands (the distance transform is the costly
+    part of the fill)."""
+    if valid.all():
+        return None
+    return tuple(
+        ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    )
+
+
+def _fill_nearest(
+    band: np.ndarray, valid: np.ndarray, nearest: tuple[np.ndarray, ...] | None = None
+) -> np.ndarray:
+    """``band`` with its invalid pixels replaced by the nearest valid value (zeros if none).
+
+    ``nearest``: :func:`_nearest_valid` of ``valid``, when already known."""
     if valid.all():
         return band
     if not valid.any():
         return np.zeros_like(band)
-    idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
-    return band[tuple(idx)]
+    if nearest is None:
+        nearest = _nearest_valid(valid)
+        assert nearest is not None
+    return band[nearest]
 
 
 def _warp_block(
@@ -41,21 +60,22 @@ def _warp_block(
     """Warp one haloed block; ``row0``/``col0``: global index of its first *output* pixel."""
     nb, hh, ww = block.shape
     h, w = hh - 2 * depth, ww - 2 * depth
-    rows, cols = np.mgrid[row0 : row0 + h, col0 : col0 + w].astype(np.float64)
-    dx, dy = model.displacement_at(cols, rows)
-    src_r = rows + dy - (row0 - depth)
-    src_c = cols + dx - (col0 - depth)
     valid = np.isfinite(block).all(axis=0)
     out = np.full((nb, h, w), np.nan, np.float32)
     if not valid.any():
         return out
-    coords = np.stack([src_r, src_c])
+    rows, cols = np.mgrid[row0 : row0 + h, col0 : col0 + w].astype(np.float64)
+    dx, dy = model.displacement_at(cols, rows)
+    coords = np.stack([rows + dy - (row0 - depth), cols + dx - (col0 - depth)])
+    del rows, cols, dx, dy  # the block's peak memory: keep only what is still needed
     vfrac = ndimage.map_coordinates(
         valid.astype(np.float32), coords, order=1, mode="constant", cval=0.0
     )
     ok = vfrac >= 1.0 - 1e-4
+    del vfrac
+    nearest = _nearest_valid(valid)
     for b in range(nb):
-        filled = _fill_nearest(block[b].astype(np.float64), valid)
+        filled = _fill_nearest(block[b].astype(np.float64), valid, nearest)
         res = ndimage.map_coordinates(filled, coords, order=order, mode="nearest")
         out[b] = np.where(ok, res, np.nan)
     return out

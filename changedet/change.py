@@ -111,12 +111,34 @@ def noise_sigma(
     return np.maximum(mad, 1e-6)
 
 
-def _gauss_nan(img: np.ndarray, sigma: float, truncate: float) -> np.ndarray:
-    """Gaussian mean ignoring NaN (normalised convolution); NaN where no valid neighbour."""
+_noise_sigma = noise_sigma  # change_scores' keyword of the same name hides the function
+
+
+def _gauss_nan(
+    img: np.ndarray,
+    sigma: float,
+    truncate: float,
+    dens: list[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> np.ndarray:
+    """Gaussian mean ignoring NaN (normalised convolution); NaN where no valid neighbour.
+
+    ``dens``: a list shared by calls on images of one block; the filtered validity mask (the
+    denominator) is kept there and reused by calls whose mask is the same, which is most of
+    them (``x``, ``x * x``...): same values, half the filtering."""
     valid = np.isfinite(img)
     filled = np.where(valid, img, 0.0)
     num = ndimage.gaussian_filter(filled, sigma, truncate=truncate, mode="nearest")
-    den = ndimage.gaussian_filter(valid.astype("float64"), sigma, truncate=truncate, mode="nearest")
+    den = None
+    for mask, known in dens or ():
+        if np.array_equal(mask, valid):
+            den = known
+            break
+    if den is None:
+        den = ndimage.gaussian_filter(
+            valid.astype("float64"), sigma, truncate=truncate, mode="nearest"
+        )
+        if dens is not None:
+            dens.append((valid, den))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 1e-6, num / den, np.nan)
 
@@ -127,10 +149,11 @@ def _window_kernel(
     """dssim and texture maps of one block of luminance: returns (2, y, x)."""
     x = before_l.astype("float64") / scale
     y = after_l.astype("float64") / scale
-    mx, my = _gauss_nan(x, sigma, truncate), _gauss_nan(y, sigma, truncate)
-    vx = np.maximum(_gauss_nan(x * x, sigma, truncate) - mx * mx, 0)
-    vy = np.maximum(_gauss_nan(y * y, sigma, truncate) - my * my, 0)
-    cxy = _gauss_nan(x * y, sigma, truncate) - mx * my
+    dens: list[tuple[np.ndarray, np.ndarray]] = []
+    mx, my = _gauss_nan(x, sigma, truncate, dens), _gauss_nan(y, sigma, truncate, dens)
+    vx = np.maximum(_gauss_nan(x * x, sigma, truncate, dens) - mx * mx, 0)
+    vy = np.maximum(_gauss_nan(y * y, sigma, truncate, dens) - my * my, 0)
+    cxy = _gauss_nan(x * y, sigma, truncate, dens) - mx * my
     ssim = ((2 * mx * my + _C1) * (2 * cxy + _C2)) / ((mx * mx + my * my + _C1) * (vx + vy + _C2))
     dssim = np.clip((1 - ssim) / 2, 0, 1)
     eps = 0.005  # texture floor: a flat area (σ ≈ sensor noise) vs another flat area is no change
@@ -148,6 +171,7 @@ def change_scores(
     *,
     gsd_m: float | None = None,
     value_range: float | None = None,
+    noise_sigma: np.ndarray | None = None,
 ) -> xr.Dataset:
     """Compute the change score maps of a co-registered, normalised pair.
 
@@ -164,6 +188,10 @@ def change_scores(
     value_range
         Scale of the data for SSIM (e.g. 255 for 8-bit); the 99.9th percentile of a sample of
         the before image when omitted.
+    noise_sigma
+        Per-band noise standard deviation of ``after - before`` (:func:`noise_sigma`), e.g.
+        the ``noise_sigma`` attribute of an earlier result for this pair; estimated from a
+        sample when omitted. Given both scales, nothing is computed until the maps are.
 
     Returns
     -------
@@ -185,7 +213,15 @@ def change_scores(
     gsd = gsd_m if gsd_m is not None else gsd_of(before)
     sigma = params.window_sigma_m / gsd
     depth = math.ceil(params.truncate * sigma) + 1
-    sigma_noise = noise_sigma(before, after)
+    if noise_sigma is None:
+        sigma_noise = _noise_sigma(before, after)
+    else:
+        sigma_noise = np.asarray(noise_sigma, dtype="float64")
+        if sigma_noise.shape != (before.sizes["band"],):
+            raise ValueError(
+                f"noise_sigma needs one value per band ({before.sizes['band']}), "
+                f"not {sigma_noise.shape}"
+            )
     if value_range is None:
         from changedet.normalize import sample_pixels
 

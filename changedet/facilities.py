@@ -161,6 +161,7 @@ def score_facilities(
     damage_params: Any = None,
     before: Any = None,
     after: Any = None,
+    value_range: float | None = None,
 ) -> gpd.GeoDataFrame:
     """One row per facility: craters in each ring, nearest and largest crater, damage.
 
@@ -184,6 +185,10 @@ def score_facilities(
     before, after
         The co-registered, normalised pair: when given, a footprint's damage is judged on
         image evidence as in :func:`changedet.damage.assess_damage`.
+    value_range
+        Scale of the data for that evidence (e.g. 255); estimated from the whole scene as
+        :func:`changedet.damage.assess_damage` does when omitted. Pass the value the damage
+        stage used so that both judge pixels alike.
 
     Returns
     -------
@@ -243,7 +248,7 @@ def score_facilities(
     out["nearest_crater_id"] = nearest_id
     out["largest_crater_m"] = largest
     share, klass, assessable = _facility_damage(
-        fac, damage, score, threshold, not_assessable, damage_params, before, after
+        fac, damage, score, threshold, not_assessable, damage_params, before, after, value_range
     )
     out["damaged_share"] = share
     out["damage_class"] = klass
@@ -261,6 +266,7 @@ def _facility_damage(
     params: Any,
     before: Any = None,
     after: Any = None,
+    value_range: float | None = None,
 ) -> tuple[list[float], list[str | None], np.ndarray]:
     n = len(fac)
     share: list[float] = [np.nan] * n
@@ -268,16 +274,8 @@ def _facility_damage(
     assessable = np.ones(n, bool)
     polys = fac.geometry.geom_type.isin(["Polygon", "MultiPolygon"]).to_numpy()
     if score is not None and threshold is not None and polys.any():
-        from changedet.damage import assess_damage
-
-        res = assess_damage(
-            score,
-            fac[polys],
-            threshold=threshold,
-            not_assessable=not_assessable,
-            params=params,
-            before=before,
-            after=after,
+        res = _polygon_damage(
+            fac[polys], score, threshold, not_assessable, params, before, after, value_range
         )
         for i, (_, r) in zip(np.flatnonzero(polys), res.iterrows(), strict=True):
             share[i] = float(r["damaged_share"])
@@ -296,13 +294,123 @@ def _facility_damage(
                 share[i] = float(best.get("damaged_share", np.nan))
                 klass[i] = str(best["damage_class"])
                 assessable[i] = klass[i] != "not assessable"
-    if not_assessable is not None:
-        for i, geom in enumerate(fac.geometry):
-            if not polys[i]:
-                p = geom
-                try:
-                    value = bool(not_assessable.sel(x=p.x, y=p.y, method="nearest"))
-                except (KeyError, ValueError):
-                    value = True
-                assessable[i] = assessable[i] and not value
+    if not_assessable is not None and not polys.all():
+        points = np.flatnonzero(~polys)
+        for i, value in zip(
+            points, _point_values(not_assessable, fac.geometry[points]), strict=True
+        ):
+            assessable[i] = assessable[i] and not value
     return share, klass, assessable
+
+
+def _point_values(mask: Any, points: gpd.GeoSeries) -> np.ndarray:
+    """The boolean ``(y, x)`` mask at the pixels nearest to the points, read in one pass
+    (True where it cannot be read: no such coordinates)."""
+    import xarray as xr
+
+    xs = xr.DataArray(points.x.to_numpy(), dims="point")
+    ys = xr.DataArray(points.y.to_numpy(), dims="point")
+    try:
+        return np.asarray(mask.sel(x=xs, y=ys, method="nearest").values, bool)
+    except (KeyError, ValueError):
+        return np.ones(len(points), bool)
+
+
+def _polygon_damage(
+    polys: gpd.GeoDataFrame,
+    score: Any,
+    threshold: float,
+    not_assessable: Any,
+    params: Any,
+    before: Any,
+    after: Any,
+    value_range: float | None,
+) -> gpd.GeoDataFrame:
+    """:func:`changedet.damage.assess_damage` of the facility polygons, one row each in order.
+
+    With the image pair, the evidence is computed only in windows round the facilities (each
+    the facilities' bounding box plus the evidence's halo, so every pixel inside a facility
+    gets the value it has in the whole scene), not over the whole scene again. Facilities
+    whose windows overlap are assessed together, in their order, so that overlapping
+    polygons share pixels as they do in one call over the scene.
+    """
+    from changedet.damage import DamageParams, assess_damage, damage_evidence
+
+    if before is None or after is None:
+        return assess_damage(
+            score, polys, threshold=threshold, not_assessable=not_assessable, params=params
+        )
+    params = params or DamageParams()
+    if value_range is None:
+        from changedet.normalize import sample_pixels
+
+        b, _ = sample_pixels(before, after, 100_000)
+        value_range = float(np.percentile(b, 99.9)) if len(b) else 1.0
+    lazy = before if hasattr(before.data, "dask") else before.chunk()
+    halo = int(damage_evidence(lazy, lazy, params, value_range=value_range).attrs["halo_px"])
+    transform = score.rio.transform()
+    ny, nx = score.sizes["y"], score.sizes["x"]
+    inverse = ~transform
+    pad = halo + 2
+    windows = []
+    for geom in polys.to_crs(score.rio.crs).geometry:
+        x0, y0, x1, y1 = geom.bounds
+        cols, rows = zip(*(inverse * (x, y) for x, y in ((x0, y0), (x1, y1))), strict=True)
+        windows.append(
+            [
+                max(0, int(np.floor(min(rows))) - pad),
+                min(ny, int(np.ceil(max(rows))) + pad),
+                max(0, int(np.floor(min(cols))) - pad),
+                min(nx, int(np.ceil(max(cols))) + pad),
+            ]
+        )
+    groups = _overlapping_groups(windows)
+    rows_out: list[Any] = [None] * len(polys)
+    for members in groups:
+        r0 = min(windows[k][0] for k in members)
+        r1 = max(windows[k][1] for k in members)
+        c0 = min(windows[k][2] for k in members)
+        c1 = max(windows[k][3] for k in members)
+        if r0 >= r1 or c0 >= c1:  # outside the raster: any window says "no pixel" alike
+            win = {"y": slice(0, min(ny, 2 * pad)), "x": slice(0, min(nx, 2 * pad))}
+        else:
+            win = {"y": slice(r0, r1), "x": slice(c0, c1)}
+        res = assess_damage(
+            score.isel(win),
+            polys.iloc[members],
+            threshold=threshold,
+            not_assessable=None if not_assessable is None else not_assessable.isel(win),
+            params=params,
+            before=before.isel(win),
+            after=after.isel(win),
+            value_range=value_range,
+        )
+        for k, (_, r) in zip(members, res.iterrows(), strict=True):
+            rows_out[k] = r
+    return gpd.GeoDataFrame(rows_out, crs=score.rio.crs)
+
+
+def _overlapping_groups(windows: list[list[int]]) -> list[list[int]]:
+    """Indices of the windows ``[r0, r1, c0, c1]`` in groups of (transitively) overlapping
+    ones, each group sorted; groups in order of their first member.
+
+    >>> _overlapping_groups([[0, 10, 0, 10], [20, 30, 0, 10], [5, 25, 5, 8], [50, 60, 50, 60]])
+    [[0, 1, 2], [3]]
+    """
+    parent = list(range(len(windows)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, a in enumerate(windows):
+        for j in range(i + 1, len(windows)):
+            b = windows[j]
+            if a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]:
+                parent[find(j)] = find(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(windows)):
+        groups.setdefault(find(i), []).append(i)
+    return sorted(groups.values(), key=lambda g: g[0])

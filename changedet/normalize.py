@@ -164,13 +164,17 @@ def irmad_weights(
     rho_old = np.zeros(p)
     rho = rho_old
     it = 0
+    # Products over the n samples use einsum, not BLAS: a multithreaded BLAS on these tall,
+    # thin matrices is slow on a busy machine (100x measured) and its sums' order, hence
+    # their last bits, would depend on the number of threads.
     for it in range(1, max_iter + 1):  # noqa: B007 - it is reported
         ws = w / w.sum()
-        mx, my = ws @ x, ws @ y
+        mx, my = np.einsum("i,ij->j", ws, x), np.einsum("i,ij->j", ws, y)
         xc, yc = x - mx, y - my
-        sxx = (xc * ws[:, None]).T @ xc + 1e-9 * np.eye(p)
-        syy = (yc * ws[:, None]).T @ yc + 1e-9 * np.eye(p)
-        sxy = (xc * ws[:, None]).T @ yc
+        xw = xc * ws[:, None]
+        sxx = np.einsum("ij,ik->jk", xw, xc) + 1e-9 * np.eye(p)
+        syy = np.einsum("ij,ik->jk", yc * ws[:, None], yc) + 1e-9 * np.eye(p)
+        sxy = np.einsum("ij,ik->jk", xw, yc)
         # generalized eigenproblem Sxy Syy^-1 Syx a = rho^2 Sxx a
         m = sxy @ linalg.solve(syy, sxy.T, assume_a="pos")
         m = (m + m.T) / 2
@@ -181,7 +185,7 @@ def irmad_weights(
         # unit variance canonical variates, signs chosen so that corr(U, V) > 0
         a = a / np.sqrt(np.einsum("ij,jk,ki->i", a.T, sxx, a))
         b = b / np.sqrt(np.einsum("ij,jk,ki->i", b.T, syy, b))
-        u, v = xc @ a, yc @ b
+        u, v = np.einsum("ij,jk->ik", xc, a), np.einsum("ij,jk->ik", yc, b)
         sign = np.sign(np.einsum("i,ij,ij->j", ws, u, v))
         sign[sign == 0] = 1
         v = v * sign
@@ -349,9 +353,12 @@ def _quantile_map(
     k = max(1, len(qa) // 10)
     lo_slope = (qb[k] - qb[0]) / (qa[k] - qa[0]) if len(qa) > k else gain
     hi_slope = (qb[-1] - qb[-1 - k]) / (qa[-1] - qa[-1 - k]) if len(qa) > k else gain
+    # only the few values beyond the ends are recomputed (same arithmetic as on whole arrays)
     lo, hi = values < qa[0], values > qa[-1]
-    out = np.where(lo, qb[0] + lo_slope * (values - qa[0]), out)
-    out = np.where(hi, qb[-1] + hi_slope * (values - qa[-1]), out)
+    if lo.any():
+        out[lo] = qb[0] + lo_slope * (values[lo] - qa[0])
+    if hi.any():
+        out[hi] = qb[-1] + hi_slope * (values[hi] - qa[-1])
     return out.astype("float32")
 
 

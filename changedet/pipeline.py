@@ -22,6 +22,13 @@ file                           content
                                hash-checked: its times differ on every run)
 =============================  =============================================================
 
+Intermediate rasters that several stages read (the warped, normalised after image and the
+change score) are computed once, chunk by chunk, into a private temporary folder (under
+``TMPDIR``; kept in memory when smaller than :data:`SCRATCH_IN_MEMORY_BYTES`) and read back
+lazily, so the co-registration warp runs once and memory does not grow with the scene; the
+folder is deleted when the run ends, also on failure. The :class:`PairResult` hands these
+rasters back as lazy computations from the inputs, with the same values.
+
 Every file is written atomically; inputs are only read. ``run.log`` is written last, and only
 when the run succeeds (a failed run leaves no half-written log, and no file that would make the
 folder look like a finished run).
@@ -178,7 +185,15 @@ def run_pair(
         On bad input (unreadable file, no CRS, no overlap, band mismatch, all nodata), or when
         the co-registration quality gate fails and ``config.coregister.on_fail == "raise"``.
     """
-    with _RunLog() as run_log:
+    import rasterio
+
+    # GDAL's block cache defaults to 5 % of RAM and fills with whatever the run reads (inputs,
+    # scratch rasters): bound it, so that memory does not grow with the scene up to that cap.
+    with (
+        _RunLog() as run_log,
+        _Scratch() as scratch,
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+    ):
         return _run_pair(
             before,
             after,
@@ -191,6 +206,7 @@ def run_pair(
             progress=progress,
             overwrite=overwrite,
             run_log=run_log,
+            scratch=scratch,
         )
 
 
@@ -207,6 +223,7 @@ def _run_pair(
     progress: bool,
     overwrite: bool,
     run_log: _RunLog,
+    scratch: _Scratch,
 ) -> PairResult:
     from changedet import align, change, coregister, craters, damage, normalize
     from changedet import facilities as facilities_mod
@@ -249,14 +266,17 @@ def _run_pair(
     with _stage("align", timings):
         before_da, after_da = align.align_pair(before_da, after_da, cfg.align)
     with _stage("coregister", timings), _progress(progress):
-        after_c, coreg_result = coregister.coregister(before_da, after_da, cfg.coregister)
+        after_c_lazy, coreg_result = coregister.coregister(before_da, after_da, cfg.coregister)
+        # the warp runs once, here: every later stage reads its result
+        after_c = scratch.keep(after_c_lazy, "after_corrected")
     with _stage("normalize", timings), _progress(progress):
         norm = normalize.RelativeNormalizer.from_params(cfg.normalize).fit(before_da, after_c)
-        after_n = norm.apply(after_c)
+        after_n = scratch.keep(norm.apply(after_c), "after_normalised")
+        value_range = _value_range(before_da, after_n)
     with _stage("change", timings), _progress(progress):
-        scores = change.change_scores(before_da, after_n, cfg.change)
-        if hasattr(scores["score"].data, "dask"):
-            scores = scores.persist()  # the maps feed the threshold, both detectors and the files
+        scores = change.change_scores(before_da, after_n, cfg.change, value_range=value_range)
+        # only the score map feeds the threshold, the detectors and the files
+        scores["score"] = scratch.keep(scores["score"], "change_score")
         thr = change.threshold_score(scores["score"], cfg.change.threshold)
         na = change.not_assessable(before_da, after_c, saturation=cfg.change.saturation)
     with _stage("craters", timings), _progress(progress):
@@ -279,14 +299,21 @@ def _run_pair(
                 params=cfg.damage,
                 before=before_da,
                 after=after_n,
+                value_range=value_range,
             )
         else:
             damage_gdf = damage.damaged_regions(
-                scores["score"], threshold=thr, not_assessable=na, params=cfg.damage
+                scores["score"],
+                threshold=thr,
+                not_assessable=na,
+                params=cfg.damage,
+                before=before_da,
+                after=after_n,
+                value_range=value_range,
             )
     fac_scores = None
     if fac is not None:
-        with _stage("facilities", timings):
+        with _stage("facilities", timings), _progress(progress):
             from shapely.geometry import box
 
             fac_scores = facilities_mod.score_facilities(
@@ -301,6 +328,7 @@ def _run_pair(
                 damage_params=cfg.damage,
                 before=before_da,
                 after=after_n,
+                value_range=value_range,
             )
     result = PairResult(
         before=before_da,
@@ -346,7 +374,101 @@ def _run_pair(
         result.outputs["manifest.json"] = write_manifest(manifest, out)
         log.info("wrote %d files and manifest.json to %s", len(result.outputs), out)
         result.outputs["run.log"] = run_log.write(Path(out) / "run.log")
+    # The materialised rasters live in the scratch folder, which goes when run_pair returns:
+    # hand back the same rasters as lazy computations from the inputs (no data recomputed now).
+    after_n_lazy = norm.apply(after_c_lazy)
+    result.after = after_n_lazy
+    result.scores = change.change_scores(
+        before_da,
+        after_n_lazy,
+        cfg.change,
+        value_range=value_range,
+        noise_sigma=np.asarray(scores.attrs["noise_sigma"]),
+    )
+    result.not_assessable = change.not_assessable(
+        before_da, after_c_lazy, saturation=cfg.change.saturation
+    )
     return result
+
+
+#: GDAL block cache during a run, bytes: tiles are read once per pass, chunk by chunk.
+GDAL_CACHE_BYTES = 256 * 2**20
+
+#: Rasters up to this size are kept in memory by :class:`_Scratch` (one 2048² chunk of three
+#: float32 bands is 48 MiB); larger ones go to disk, so memory does not grow with the scene.
+SCRATCH_IN_MEMORY_BYTES = 64 * 2**20
+
+
+class _Scratch:
+    """Rasters a run computes once and reads many times (the warped, normalised after image,
+    the change score), kept in a private temporary folder for the length of one run.
+
+    :meth:`keep` computes a lazy raster once, chunk by chunk, and returns it reading back from
+    a tiled GeoTIFF in the folder (or, when it is small, from memory), with the same chunks,
+    coordinates and attributes: every later stage reads the stored values instead of
+    recomputing the chain behind them, and memory stays bounded by the chunk size. The folder
+    is made under the system's temporary directory (``TMPDIR``) on first use and deleted when
+    the run ends, also when it fails.
+    """
+
+    def __init__(self) -> None:
+        self.dir: Path | None = None
+
+    def __enter__(self) -> _Scratch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Delete the folder and everything in it."""
+        if self.dir is not None:
+            import shutil
+
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def keep(self, raster: xr.DataArray, name: str) -> xr.DataArray:
+        """Compute ``raster`` once (lazy ``(band, y, x)`` or ``(y, x)`` with a CRS) and return
+        it stored, read lazily with its own chunks; in-memory rasters are returned as they are.
+        """
+        data = raster.data
+        if not hasattr(data, "dask"):
+            return raster
+        if raster.nbytes <= SCRATCH_IN_MEMORY_BYTES:
+            return raster.persist()
+        import tempfile
+
+        from changedet import io as cio
+
+        if self.dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="changedet-scratch-"))
+        path = self.dir / f"{name}.tif"
+        flat = "band" not in raster.dims
+        stored = raster.expand_dims(band=[1]) if flat else raster
+        stored = stored.transpose("band", "y", "x").copy()
+        stored.attrs, stored.encoding = {}, {}  # float32 as computed, not the input's encoding
+        # ZSTD: lossless, and cheaper to write and read than the DEFLATE of the outputs
+        cio.write_cog(stored, path, compress="ZSTD")
+        back = cio.open_raster(path, chunks=max(max(c) for c in data.chunks[-2:]), name=name)
+        back = back.isel(band=0, drop=True) if flat else back
+        back = back.transpose(*raster.dims)
+        if back.chunks != raster.chunks:
+            back = back.chunk(dict(zip(raster.dims, raster.chunks, strict=True)))
+        # the stored raster on the original's grid: same coordinates, name and attributes
+        back = back.assign_coords({d: raster.coords[d] for d in raster.dims if d in raster.coords})
+        back.attrs = dict(raster.attrs)
+        back.name = raster.name
+        return back
+
+
+def _value_range(before: xr.DataArray, after: xr.DataArray) -> float:
+    """The data scale the change and damage stages estimate when not given one (the 99.9th
+    percentile of a regular sample of ``before`` valid in both), estimated once per run."""
+    from changedet.normalize import sample_pixels
+
+    b, _ = sample_pixels(before, after, 100_000)
+    return float(np.percentile(b, 99.9)) if len(b) else 1.0
 
 
 #: Why ``run.log`` is listed in the manifest but not hash-checked by ``changedet verify``.

@@ -102,3 +102,36 @@ def test_not_assessable__nodata_and_saturation() -> None:
     mask = not_assessable(before, after, saturation=255)
     assert mask[0, 0] and mask[5, 5] and not mask[50, 50]
     assert int(mask.sum()) == 2
+
+
+def test_change_scores__given_noise_sigma_is_lazy_and_equal() -> None:
+    """With both scales given (as the pipeline does for the result it hands back), nothing is
+    computed until the maps are, and the maps equal those with the scales estimated."""
+    import dask
+
+    from changedet.normalize import sample_pixels
+
+    before, after = _pair()
+    estimated = change_scores(before, after, gsd_m=0.5)
+    b, _ = sample_pixels(before, after, 100_000)  # the estimate change_scores makes
+    value_range = float(np.percentile(b, 99.9))
+    chunks = {"band": 3, "y": 37, "x": 41}
+    calls: list[int] = []
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return dask.get(*args, **kwargs)
+
+    with dask.config.set(scheduler=counting):
+        given = change_scores(
+            before.chunk(chunks),
+            after.chunk(chunks),
+            gsd_m=0.5,
+            value_range=value_range,
+            noise_sigma=np.asarray(estimated.attrs["noise_sigma"]),
+        )
+    assert not calls  # built, not computed
+    for name in ("cva", "dssim", "texture", "score"):
+        np.testing.assert_array_equal(given[name].values, estimated[name].values)
+    with pytest.raises(ValueError, match="noise_sigma needs one value per band"):
+        change_scores(before, after, gsd_m=0.5, noise_sigma=np.ones(2))

@@ -113,3 +113,70 @@ def test_score_facilities__matches_generator_truth_on_true_craters() -> None:
             assert row[f"craters_within_{r}m"] == truth[f"craters_within_{r}m"], (truth["id"], r)
         assert row["nearest_crater_m"] == pytest.approx(truth["nearest_crater_m"], abs=0.5)
     assert np.isfinite(out["largest_crater_m"]).any()
+
+
+def test_score_facilities__windowed_damage_equals_whole_scene_assessment() -> None:
+    """Polygon facilities judged in windows round them get the numbers of one assessment over
+    the whole scene (overlapping facilities, one across chunk seams, one outside the scene)."""
+    from changedet.change import change_scores, not_assessable, threshold_score
+    from changedet.damage import DamageParams, assess_damage
+    from changedet.io import open_raster
+
+    site = SAMPLE_TILES / "site_01"
+    before = open_raster(site / "before.tif", chunks=200)  # 768 = 200 + 200 + 200 + 168
+    after = open_raster(site / "after.tif", chunks=200)
+    score = change_scores(before, after)["score"]
+    thr = threshold_score(score)
+    na = not_assessable(before, after)
+    fac = read_facilities(site / "facilities.geojson").to_crs(before.rio.crs)
+    x0, y0, x1, y1 = before.rio.bounds()
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    extra = gpd.GeoDataFrame(
+        {"id": ["seams", "overlap", "outside"]},
+        geometry=[
+            box(cx - 60, cy - 60, cx + 60, cy + 60),  # 240 px across chunk seams
+            box(cx - 20, cy - 20, cx + 100, cy + 30),  # overlaps "seams": shares its pixels
+            box(x1 + 500, y1 + 500, x1 + 520, y1 + 520),
+        ],
+        crs=before.rio.crs,
+    )
+    fac = gpd.GeoDataFrame(
+        gpd.pd.concat([fac[["id", "geometry"]], extra], ignore_index=True), crs=before.rio.crs
+    )
+    params = DamageParams()
+    whole = assess_damage(
+        score, fac, threshold=thr, not_assessable=na, params=params, before=before, after=after
+    )
+    out = score_facilities(
+        fac,
+        _craters([(cx, cy, 5.0)]).set_crs(before.rio.crs, allow_override=True),
+        scene_extent=box(x0, y0, x1, y1),
+        score=score,
+        threshold=thr,
+        not_assessable=na,
+        damage_params=params,
+        before=before,
+        after=after,
+    )
+    inside = out["in_scene"].to_numpy()
+    assert list(out["id"][~inside]) == ["outside"]
+    np.testing.assert_array_equal(out["damaged_share"], whole["damaged_share"])
+    assert list(out["damage_class"][inside]) == list(whole["damage_class"][inside])
+    assert (whole["damaged_share"][inside] > 0).any()  # some damage to agree on
+
+
+def test_score_facilities__point_on_unassessable_pixels_is_flagged() -> None:
+    import xarray as xr
+
+    xs, ys = 0.25 + 0.5 * np.arange(400) - 100, 99.75 - 0.5 * np.arange(400)
+    na = xr.DataArray(np.zeros((400, 400), bool), dims=("y", "x"), coords={"y": ys, "x": xs})
+    na[:, :100] = True  # the western quarter is nodata
+    fac = gpd.GeoDataFrame(
+        {"id": ["west", "east", "edge"]},
+        geometry=[Point(-80, 0), Point(50, 0), Point(-50.3, 0)],  # -50.3: nearest column 99
+        crs=CRS,
+    )
+    out = score_facilities(
+        fac, _craters([(0, 0, 4)]), scene_extent=EXTENT, not_assessable=na
+    ).set_index("id")
+    assert out["assessable"].to_dict() == {"west": False, "east": True, "edge": False}

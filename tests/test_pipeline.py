@@ -210,3 +210,88 @@ def test_run_pair__report_renders_in_headless_chromium(run: Path, site: Path) ->
     ids = [str(i) for i in gpd.read_file(site / "facilities.geojson")["id"]]
     assert '<table class="facilities">' in dom
     assert all(f'data-facility="{i}"' in dom for i in ids)
+
+
+def _results(site: Path, sun: tuple[float, float]) -> tuple[object, list[Path]]:
+    """run_pair (no files) on 200 px chunks, with the scratch folders it used."""
+    import changedet.pipeline as pl
+
+    used: list[Path] = []
+    keep = pl._Scratch.keep
+
+    def spy(self: pl._Scratch, raster, name):  # type: ignore[no-untyped-def]
+        out = keep(self, raster, name)
+        if self.dir is not None:
+            used.append(self.dir)
+        return out
+
+    pl._Scratch.keep = spy  # type: ignore[method-assign]
+    try:
+        res = run_pair(
+            site / "before.tif",
+            site / "after.tif",
+            footprints=site / "footprints.geojson",
+            facilities=site / "facilities.geojson",
+            config=Config().updated({"io": {"chunk_px": 200}}),
+            sun_azimuth_deg=sun[0],
+            sun_elevation_deg=sun[1],
+        )
+    finally:
+        pl._Scratch.keep = keep  # type: ignore[method-assign]
+    return res, used
+
+
+def test_run_pair__stored_rasters_give_the_numbers_of_the_lazy_chain(
+    site: Path, sun: tuple[float, float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The after image and score map computed once (on disk, or in memory) and read by every
+    stage give exactly what each stage got by recomputing the whole lazy chain itself."""
+    from geopandas.testing import assert_geodataframe_equal
+
+    import changedet.pipeline as pl
+
+    monkeypatch.setattr(pl, "SCRATCH_IN_MEMORY_BYTES", 0)
+    on_disk, used = _results(site, sun)
+    assert used and not any(p.exists() for p in used)  # written, then removed
+    monkeypatch.setattr(pl, "SCRATCH_IN_MEMORY_BYTES", 2**40)
+    in_memory, used = _results(site, sun)
+    assert not used
+    monkeypatch.setattr(pl._Scratch, "keep", lambda self, raster, name: raster)
+    lazy, _ = _results(site, sun)
+    for res in (on_disk, in_memory):
+        assert res.threshold == lazy.threshold
+        assert len(res.craters) >= 3 and len(res.damage) and res.facilities is not None
+        assert_geodataframe_equal(res.craters, lazy.craters)
+        assert_geodataframe_equal(res.damage, lazy.damage)
+        assert_geodataframe_equal(res.facilities, lazy.facilities)
+        # the returned rasters are lazy again (the scratch folder is gone) and still right
+        np.testing.assert_array_equal(res.scores["score"].values, lazy.scores["score"].values)
+        np.testing.assert_array_equal(res.after.values, lazy.after.values)
+
+
+def test_run_pair__scratch_folder_removed_when_a_stage_fails(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import changedet.craters
+    import changedet.pipeline as pl
+
+    monkeypatch.setattr(pl, "SCRATCH_IN_MEMORY_BYTES", 0)
+    dirs: list[Path] = []
+    close = pl._Scratch.close
+
+    def spy_close(self: pl._Scratch) -> None:
+        dirs.append(self.dir)  # type: ignore[arg-type]
+        close(self)
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("crater stage failed")
+
+    monkeypatch.setattr(pl._Scratch, "close", spy_close)
+    monkeypatch.setattr(changedet.craters, "detect_craters", boom)
+    with pytest.raises(RuntimeError, match="crater stage failed"):
+        run_pair(
+            site / "before.tif",
+            site / "after.tif",
+            config=Config().updated({"io": {"chunk_px": 200}}),
+        )
+    assert dirs and dirs[0] is not None and not dirs[0].exists()
