@@ -202,11 +202,18 @@ def refine_all(
     return dy, dx, r
 
 
+#: Roundness is measured on the bowl and rim only: beyond this many rim radii the image is
+#: replaced by the ring's mean brightness (a building, road edge or shadow next to a crater
+#: must not make its bowl look elongated).
+ROUND_CLIP = 1.3
+
+
 def _hessian_roundness(win: np.ndarray, dy: float, dx: float, r: float, fill: float) -> float:
-    """Ratio of the Hessian eigenvalues (small/large) of the image at scale ``R/√2``.
+    """Ratio of the Hessian eigenvalues (small/large) of the bowl at scale ``R/√2``.
 
     The odd (dipole) part of directional shading has no second derivative at the centre, so a
     shaded bowl still reads as round; an elongated shadow or car reads as a ridge (ratio ≈ 0).
+    Pixels beyond ``ROUND_CLIP R`` (and NaN) are replaced by ``fill`` (the ring's mean).
     """
     half = (win.shape[0] - 1) / 2
     sigma = r / math.sqrt(2)
@@ -214,7 +221,7 @@ def _hessian_roundness(win: np.ndarray, dy: float, dx: float, r: float, fill: fl
     y, x = yy - half - dy, xx - half - dx
     g = np.exp(-(x * x + y * y) / (2 * sigma**2))
     g /= g.sum()
-    img = np.where(np.isfinite(win), win, fill)
+    img = np.where(np.isfinite(win) & (np.hypot(x, y) <= ROUND_CLIP * r), win, fill)
     s4 = sigma**4
     hxx = float(np.sum(img * (x * x / s4 - 1 / sigma**2) * g))
     hyy = float(np.sum(img * (y * y / s4 - 1 / sigma**2) * g))
@@ -349,6 +356,45 @@ def _masked_mean(val: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return np.where(cnt > 0, tot / cnt, np.nan)
 
 
+def _plane_residual_sd(
+    win: np.ndarray, mask: np.ndarray, y: np.ndarray, x: np.ndarray
+) -> np.ndarray:
+    """Per-candidate standard deviation of ``win`` where ``mask``, about its best-fitting plane.
+
+    A bowl lit from one side is a brightness ramp from the shadowed to the lit wall: the plane
+    takes that out, what is left is the bowl's texture. NaN with fewer than 6 pixels.
+    """
+    w = mask.astype(np.float64)
+    v = np.where(mask, win, 0.0)
+    yb, xb = np.broadcast_to(y, win.shape), np.broadcast_to(x, win.shape)
+    n = w.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx = (w * xb).sum(axis=(1, 2)) / n
+        my = (w * yb).sum(axis=(1, 2)) / n
+        mv = v.sum(axis=(1, 2)) / n
+        dx = (xb - mx[:, None, None]) * w
+        dy = (yb - my[:, None, None]) * w
+        dv = (v - mv[:, None, None]) * w
+        sxx, syy, sxy = (
+            (dx * dx).sum(axis=(1, 2)),
+            (dy * dy).sum(axis=(1, 2)),
+            (dx * dy).sum(axis=(1, 2)),
+        )
+        svx, svy, svv = (
+            (dv * dx).sum(axis=(1, 2)),
+            (dv * dy).sum(axis=(1, 2)),
+            (dv * dv).sum(axis=(1, 2)),
+        )
+        det = sxx * syy - sxy * sxy
+        explained = np.where(
+            det > 0,
+            (syy * svx * svx - 2 * sxy * svx * svy + sxx * svy * svy) / np.where(det > 0, det, 1),
+            0.0,
+        )
+        res = np.sqrt(np.maximum(svv - explained, 0.0) / np.maximum(n - 3, 1))
+    return np.where(n >= 6, res, np.nan)
+
+
 def measure_all(
     lum: np.ndarray,
     rows: np.ndarray,
@@ -369,8 +415,10 @@ def measure_all(
     -------
     dict
         Arrays ``m_in``, ``m_ring``, ``m_out``, ``sd_out`` and ``sd_ring`` (the standard
-        deviations outside and in the ring), ``depth``, ``enclosure``,
-        ``shading`` (NaN without the sun), ``valid`` and ``roundness``, one value per candidate.
+        deviations outside and in the ring), ``sd_in`` (the interior's, about the plane that best
+        fits it: the wall shading removed), ``depth``, ``enclosure``,
+        ``shading`` (NaN without the sun), ``valid`` and ``roundness`` (of the bowl, see
+        :func:`_hessian_roundness`), one value per candidate.
 
     Examples
     --------
@@ -388,6 +436,7 @@ def measure_all(
         "m_out",
         "sd_out",
         "sd_ring",
+        "sd_in",
         "depth",
         "enclosure",
         "shading",
@@ -446,6 +495,12 @@ def measure_all(
         sect = np.sort(np.where(np.isfinite(sect), sect, -np.inf), axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             enclosure = np.where(depth > 0, sect[:, 1] / np.where(depth > 0, depth, 1.0), 0.0)
+        # the interior (rho < 0.75 R) lies in the window's centre: fit the plane there only
+        ri = min(h, math.ceil(0.75 * float(rr.max())) + 1)
+        c = slice(h - ri, h + ri + 1)
+        sd_in = _plane_residual_sd(
+            win[:, c, c], (finite & (label == 0))[:, c, c], y[:, c, :], x[:, :, c]
+        )
         shading = np.full(m, np.nan)
         if sun_px is not None:
             proj = x * sun_px[0] + y * sun_px[1]
@@ -460,7 +515,7 @@ def measure_all(
         g = np.exp(-(x * x + y * y) / (2 * sigma2))
         g /= g.sum(axis=(1, 2), keepdims=True)
         fill = np.where(np.isfinite(m_ring), m_ring, 0.0)[:, None, None]
-        img = np.where(finite, win, fill) * g
+        img = np.where(finite & (rho <= ROUND_CLIP * rr), win, fill) * g
         s4 = sigma2 * sigma2
         hxx = (img * (x * x / s4 - 1 / sigma2)).sum(axis=(1, 2))
         hyy = (img * (y * y / s4 - 1 / sigma2)).sum(axis=(1, 2))
@@ -474,7 +529,19 @@ def measure_all(
             )
         for k, v in zip(
             (*keys, "roundness"),
-            (m_in, m_ring, m_out, sd_out, sd_ring, depth, enclosure, shading, valid, roundness),
+            (
+                m_in,
+                m_ring,
+                m_out,
+                sd_out,
+                sd_ring,
+                sd_in,
+                depth,
+                enclosure,
+                shading,
+                valid,
+                roundness,
+            ),
             strict=True,
         ):
             out[k][idx] = v

@@ -13,13 +13,18 @@ How a crater looks in 0.3–1 m imagery, and the measurement that tests each tra
   least-squares circle through the edges gives the centre, and the steepest dark-to-bright
   rise of the azimuthally averaged profile (corrected for blur) gives the radius
   (``diameter_m``: the edge of the dark bowl, which is what an analyst measures). ``roundness`` is the ratio
-  of the image Hessian's eigenvalues at the crater's scale (1 for a disc, ≈ 0 for an elongated
-  shadow or a car); ``enclosure`` asks that the ring be brighter than the interior in 7 of its 8
-  sectors (a building shadow is open along its length);
+  of the Hessian's eigenvalues of the bowl at the crater's scale, with everything beyond 1.3 R
+  replaced by the ring's mean so that a building or shadow beside a crater does not count (1 for
+  a disc, ≈ 0 for an elongated shadow or a car); ``enclosure`` asks that the ring be brighter
+  than the interior in 7 of its 8 sectors (a building shadow is open along its length);
+* **a smooth bowl** — ``texture``, the bowl's standard deviation about its best-fitting plane
+  (the shadowed-to-lit wall ramp taken out) over the contrast: a crater's bowl is a smooth
+  depression, a dark gap in rubble or among roof clutter is strewn with bright pieces;
 * **ejecta** — a bright irregular blanket 1–2 radii around the rim: ``ejecta`` compares the ring
   ``1.15–2 R`` with the background ``2.3–3 R``; soft evidence (old, asphalt or rubble-covered
   craters show little), but a ring darker than the background (a tree's or wall's cast
-  shadow) counts against;
+  shadow) counts against. A small dark blob within ``2.5 R`` of a crater at least
+  ``blanket_size_ratio`` times its size is a block or gap in that crater's ejecta, not a crater;
 * **shaded like a depression** — with the sun azimuth given, the inner wall nearest the sun is
   in shadow and the far wall lit (a mound, tree or bush is the other way round; a flat cast
   shadow has no such dipole): ``shading`` in ``(-1, 1)``, positive for a depression, NaN when
@@ -35,7 +40,12 @@ How a crater looks in 0.3–1 m imagery, and the measurement that tests each tra
   older crater) and *resembling the after image* (the correlation of the two within 2 R: a dark
   road crossing or a building's shadow where a crater now lies does not); when that weighted
   contrast is below ``max_persistence`` of the after contrast, the crater is ``new``; when a
-  change map is given, the mean change score in the disc must also reach ``min_change_score``.
+  change map is given, the mean change score in the disc must also reach ``min_change_score``;
+* **not inside an intact roof** — with building footprints and a before image, a detection inside
+  a footprint needs the roof around it to have changed (``surround_change``, the mean
+  ``|after − before|`` in ``1.15–3 R``): a bomb that cratered a building broke it; a dark object
+  on, or a hole in, a roof that is otherwise as it was is roof damage or clutter, which the damage
+  stage judges. Without footprints (or without a before image) the test is skipped.
 
 The evidence is combined into ``score`` in [0, 1] (the product of the ramps in
 :class:`CraterParams`: every trait must hold); detections with ``score >= score_threshold`` are returned.
@@ -102,11 +112,14 @@ COLUMNS = (
     "snr",
     "enclosure",
     "roundness",
+    "texture",
+    "ring_texture",
     "ejecta",
     "shading",
     "greenness",
     "blueness",
     "persistence",
+    "surround_change",
     "change",
     "new",
     "newness_verified",
@@ -150,7 +163,16 @@ class CraterParams:
         Second-weakest ring sector's darkness step over the mean step: a crater's ring is
         brighter than its interior all around; a shadow is open along its length.
     roundness_ramp
-        Hessian eigenvalue ratio (small/large) at the crater's scale.
+        Hessian eigenvalue ratio (small/large) of the bowl at the crater's scale, measured with
+        everything beyond 1.3 R replaced by the ring's mean (a building or shadow beside a
+        crater does not make it elongated): a roughly circular bowl reaches 0.6–1, a car, a
+        strip of shadow or a gap between roofs 0–0.4.
+    texture_ramp
+        Standard deviation of the bowl (``ρ < 0.75 R``) about the plane that best fits it (the
+        brightness ramp from the shadowed to the lit wall taken out), over the ring-minus-interior
+        contrast: a bowl is a smooth depression (0.05–0.2), while a dark gap in rubble, among
+        roof clutter or tree crowns holds bright pieces (0.3–1). The score is scaled by
+        ``1 - ramp(texture)``; bowls under 6 px are not tested.
     ejecta_ramp, ejecta_weight
         ``(ring − background) / (ring − interior)``: ejecta brighten the ring above the
         background (fresh craters: 0.1–0.3); a shadow cast by a tree or wall darkens it (< 0).
@@ -159,8 +181,10 @@ class CraterParams:
         Depression consistency when the sun azimuth *and elevation* are known, as shares of
         the dipole expected of a bowl, ``0.6 cos(elevation)`` (the horizontal part of the sun
         vector; 0.6 holds for depth/diameter ≈ 0.25). A flat dark patch or a cast shadow (no
-        dipole) scores 0, a mound (opposite dipole) 0. Under a very low sun (< 25°) the bowl
-        fills with shadow and loses its dipole: such craters are missed rather than guessed.
+        dipole) scores 0, a mound (opposite dipole) 0; a bowl shows at least 40 % of the
+        expected dipole (shallower craters, blur), a dark patch with a chance brightness gradient
+        rarely. Under a very low sun (< 25°) the bowl fills with shadow and loses its dipole:
+        such craters are missed rather than guessed.
     shading_ramp_no_elevation
         The same with the azimuth only (absolute ``shading`` values): only a clear mound is
         rejected; no dipole scores 0.67. Without the azimuth the test is skipped.
@@ -176,7 +200,9 @@ class CraterParams:
         ``max(1 px, persistence_search × R)`` of the centre (a 3 × 3 grid of offsets), so
         residual misregistration or a shadow that moved with the sun does not read as new.
     min_change_score
-        With a change map: the least mean change ``score`` in the disc for ``new``.
+        With a change map: the least mean change ``score`` in the disc (1.5 R) for ``new``. A
+        new crater changes its whole disc (0.25–0.5); a shadow that moved with the sun, or a
+        roof object's, changes only part of it (about 0.1–0.15).
     vegetation_ramp
         Excess-green index ``(2G − R − B) / (R + G + B)`` of the bowl (``ρ < 0.75 R``): a tree
         crown or bush is a dark round blob too, but green (leaves reflect green more than red
@@ -194,6 +220,17 @@ class CraterParams:
         ``1 - ramp(blueness)``. Needs the red, green and blue bands.
     rgb_bands
         Indices of the red, green and blue bands (0-based).
+    roof_change_ramp
+        With footprints and a before image: a detection inside a building footprint needs its
+        surroundings (``1.15–3 R``) to have changed, ``surround_change``: the mean
+        ``|after − before|`` there as a share of the scene range. A bomb that cratered a
+        building broke its roof all around (0.2–0.4); a dark object on, or a hole in, an intact
+        roof leaves the roof around as it was (0–0.1, noise and residual misregistration): that
+        is roof damage or clutter, not a crater. The score is scaled by ``ramp(surround_change)``.
+    blanket_size_ratio
+        A detection whose centre lies within ``2.5 R`` (the ejecta blanket: continuous to about
+        2 R, blocks and gaps beyond) of one at least this many times its radius is a block or a
+        gap in that ejecta, and is dropped (0 turns the rule off).
     min_valid
         Least share of valid (non-NaN) pixels within 3 R of a detection.
     tile_px
@@ -204,22 +241,25 @@ class CraterParams:
     max_diameter_m: float = 25.0
     scales_per_octave: int = 3
     min_response: float = 0.015
-    min_prominence: float = 1.2
+    min_prominence: float = 1.1
     contrast_ramp: tuple[float, float] = (0.03, 0.10)
     weber_ramp: tuple[float, float] = (0.08, 0.25)
     enclosure_ramp: tuple[float, float] = (0.0, 0.4)
-    roundness_ramp: tuple[float, float] = (0.2, 0.5)
+    roundness_ramp: tuple[float, float] = (0.5, 0.75)
+    texture_ramp: tuple[float, float] = (0.25, 0.45)
     ejecta_ramp: tuple[float, float] = (-0.1, 0.1)
     ejecta_weight: float = 0.5
-    shading_ramp: tuple[float, float] = (0.25, 0.6)
+    shading_ramp: tuple[float, float] = (0.4, 0.7)
     shading_ramp_no_elevation: tuple[float, float] = (-0.2, 0.1)
     score_threshold: float = 0.5
     max_persistence: float = 0.5
     persistence_search: float = 0.25
-    min_change_score: float = 0.1
+    min_change_score: float = 0.2
     vegetation_ramp: tuple[float, float] = (0.06, 0.14)
     shadow_ramp: tuple[float, float] = (0.025, 0.05)
     rgb_bands: tuple[int, int, int] = (0, 1, 2)
+    roof_change_ramp: tuple[float, float] = (0.08, 0.15)
+    blanket_size_ratio: float = 3.0
     min_valid: float = 0.8
     tile_px: int = 1024
 
@@ -234,10 +274,12 @@ class CraterParams:
             "weber",
             "enclosure",
             "roundness",
+            "texture",
             "ejecta",
             "shading",
             "vegetation",
             "shadow",
+            "roof_change",
         ):
             for suffix in ("_ramp", "_ramp_no_elevation") if name == "shading" else ("_ramp",):
                 lo, hi = getattr(self, name + suffix)
@@ -447,12 +489,16 @@ def _detect_tile(
         weber = depth / np.maximum(m["m_ring"] + offset, 1e-9)  # back in data units
         ejecta = np.where(depth > 0, (m["m_ring"] - m["m_out"]) / depth, 0.0)
         snr = np.where(np.isfinite(m["sd_out"]), depth / np.maximum(m["sd_out"], 0.005), 0.0)
+        # NaN (a bowl of under 3 px) tells nothing: no penalty
+        texture = np.where(depth > 0, m["sd_in"] / np.where(depth > 0, depth, 1.0), np.nan)
+        ring_texture = np.where(depth > 0, m["sd_ring"] / np.where(depth > 0, depth, 1.0), np.nan)
     ok = np.isfinite(depth) & (m["valid"] >= p.min_valid) & (depth > 0)
     score = (
         ramps(depth, *p.contrast_ramp)
         * ramps(weber, *p.weber_ramp)
         * ramps(m["enclosure"], *p.enclosure_ramp)
         * ramps(m["roundness"], *p.roundness_ramp)
+        * (1 - ramps(texture, *p.texture_ramp))
         * (1 - p.ejecta_weight + p.ejecta_weight * ramps(ejecta, *p.ejecta_ramp))
     )
     if sun_px is not None:
@@ -486,6 +532,12 @@ def _detect_tile(
         )
     ok &= score >= p.score_threshold
     at = np.nonzero(ok)[0]
+    surround = np.full(len(sel), np.nan)
+    if lum_b is not None and len(at):
+        # how much the surroundings changed (ejecta, a broken roof): |after - before| around
+        surround[at] = annulus_means(
+            np.abs(lum - lum_b), row2[at], col2[at], dy2[at], dx2[at], 1.15 * rad[at], 3.0 * rad[at]
+        )
     change_mean = np.full(len(sel), np.nan)
     if change is not None and len(at):
         change_mean[at] = annulus_means(
@@ -505,11 +557,14 @@ def _detect_tile(
             "snr": float(snr[k]),
             "enclosure": float(m["enclosure"][k]),
             "roundness": float(m["roundness"][k]),
+            "texture": float(texture[k]),
+            "ring_texture": float(ring_texture[k]),
             "ejecta": float(ejecta[k]),
             "shading": float(m["shading"][k]),
             "greenness": float(greenness[k]),
             "blueness": float(blueness[k]),
             "persistence": math.nan,
+            "surround_change": float(surround[k]),
             "change": float(change_mean[k]),
             "new": None,
             "newness_verified": False,
@@ -540,12 +595,28 @@ def _detect_tile(
     )
     idx = np.arange(len(found), dtype=np.float64)
     kept = suppress(arr[:, :2], arr[:, 2], arr[:, 3], factor=1.0, rows=idx[:, None])
+    kept = kept[~_in_blanket(arr[:, :3], kept[:, 0].astype(int), p.blanket_size_ratio)]
     out = []
     for k in kept[:, 0].astype(int):
         f = found[k]
         if y0 <= f["row"] < y1 and x0 <= f["col"] < x1:
             out.append(f)
     return out
+
+
+def _in_blanket(circles: np.ndarray, kept: np.ndarray, ratio: float) -> np.ndarray:
+    """Which of the ``kept`` rows of ``circles`` (row, col, radius) lie in a bigger one's ejecta.
+
+    A dark blob whose centre lies within ``2.5 R`` of a detection at least ``ratio`` times its
+    radius is a block or a gap in that crater's ejecta, not a crater of its own.
+    """
+    out = np.zeros(len(kept), bool)
+    if ratio <= 0 or len(kept) < 2:
+        return out
+    c = circles[kept]
+    d = np.hypot(c[:, None, 0] - c[None, :, 0], c[:, None, 1] - c[None, :, 1])
+    big = c[None, :, 2] >= ratio * c[:, None, 2]  # [j, i]: i is big enough to hold j
+    return np.any(big & (d < 2.5 * c[None, :, 2]), axis=1)
 
 
 def _on_what(points: gpd.GeoSeries, footprints: Any) -> list[str]:
@@ -611,7 +682,8 @@ def detect_craters(
         mound-like dipole is rejected.
     footprints
         Building footprint polygons (GeoDataFrame, GeoSeries or a path); a detection whose
-        centre lies inside one has ``on="building"``, else ``"ground"``.
+        centre lies inside one has ``on="building"``, else ``"ground"``; with a before image,
+        one inside a roof that did not change around it is dropped (``roof_change_ramp``).
     gsd_m
         Ground sample distance in metres; read from the raster's transform when omitted.
 
@@ -620,9 +692,12 @@ def detect_craters(
     geopandas.GeoDataFrame
         One row per crater in the scene CRS, sorted by ``y`` then ``x`` (``id`` follows that
         order): ``geometry`` (centre point), ``x``, ``y``, ``diameter_m``, ``score``,
-        ``contrast``, ``weber``, ``snr``, ``enclosure``, ``roundness``, ``ejecta``, ``shading``,
-        ``greenness`` and ``blueness`` (NaN with fewer than 3 bands), ``persistence`` (before
-        contrast, weighted by enclosure, non-greenness and similarity, / after contrast), ``change`` (mean change score in
+        ``contrast``, ``weber``, ``snr``, ``enclosure``, ``roundness``, ``texture`` (the bowl's)
+        and ``ring_texture`` (the ring's standard deviation over the contrast, reported only),
+        ``ejecta``, ``shading``, ``greenness`` and ``blueness`` (NaN with fewer than 3 bands),
+        ``persistence`` (before contrast, weighted by enclosure, non-greenness and similarity,
+        / after contrast), ``surround_change`` (mean ``|after − before|`` in 1.15–3 R, a share
+        of the scene range; NaN without a before image), ``change`` (mean change score in
         1.5 R), ``new``, ``newness_verified``, ``on``. Empty (same columns and CRS) when none.
 
     Raises
@@ -693,7 +768,9 @@ def detect_craters(
         return _empty(crs)
     scales = make_scales(d_min_px / 2, d_max_px / 2, params.scales_per_octave)
     r_max = d_max_px / 2 * 1.15
-    reach = 2.2 * r_max + 2  # a candidate this far from the core can still matter to it
+    # a candidate this far from the core can still matter to it (NMS; a small blob in the
+    # ejecta blanket of a big crater, up to 2.5 of its radii away)
+    reach = 2.6 * r_max + 2
     need = max(
         WINDOW_RADII * 1.6 * d_max_px / 2 + 3,
         TRUNCATE * scales.max_sigma_px + 2 * scales.max_factor,
@@ -769,9 +846,20 @@ def detect_craters(
     recs["y"] = ys[0] + (recs["row"] + recs["dy"]) * dy
     recs["diameter_m"] = 2 * recs["radius_px"] * gsd
     recs = recs.sort_values(["y", "x"], kind="mergesort").reset_index(drop=True)
+    recs["on"] = _on_what(
+        gpd.GeoSeries(gpd.points_from_xy(recs["x"], recs["y"]), crs=crs), footprints
+    )
+    # a dark blob inside a roof whose surroundings did not change is no crater (a hole in or an
+    # object on an intact roof: the damage stage judges roofs); unknown without a before image
+    roof = (recs["on"] == "building") & np.isfinite(recs["surround_change"])
+    recs.loc[roof, "score"] = recs.loc[roof, "score"] * ramps(
+        recs.loc[roof, "surround_change"].to_numpy(), *params.roof_change_ramp
+    )
+    recs = recs[recs["score"] >= params.score_threshold].reset_index(drop=True)
+    if recs.empty:
+        return _empty(crs)
     recs["id"] = np.arange(len(recs), dtype=np.int64)
     points = gpd.GeoSeries(gpd.points_from_xy(recs["x"], recs["y"]), crs=crs)
-    recs["on"] = _on_what(points, footprints)
     recs["new"] = recs["new"].astype("object")
     recs["newness_verified"] = recs["newness_verified"].astype(bool)
     out = gpd.GeoDataFrame(recs[list(COLUMNS)], geometry=points, crs=crs)

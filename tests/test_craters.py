@@ -379,3 +379,105 @@ def test_measure_all__equals_one_window_at_a_time() -> None:
         vals = win[np.hypot(yy - dy[k], xx - dx[k]) < 0.75 * r[k]]
         vals = vals[np.isfinite(vals)]
         assert disc[k] == pytest.approx(vals.mean() if vals.size else np.nan, nan_ok=True)
+
+
+def test_detect_craters__crater_beside_a_building_and_its_shadow_is_found() -> None:
+    # a 9 m tall building and its shadow come up to the crater's rim: the bowl is still round
+    box_ = [(126, 176, 96, 146, 9.0)]
+    crater = [(108.0, 78.0, 8.0)]
+    before = render((192, 192), boxes=box_, seed=8)
+    after = render((192, 192), boxes=box_, craters=crater, seed=8)
+    sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
+    found = detect_craters(raster(after), raster(before), **sun)
+    idx = match(found, crater)
+    assert len(found) == 1 and idx[0] is not None, found
+    assert found.roundness[0] > 0.75 and found.new[0]
+    assert found.diameter_m[0] == pytest.approx(8.0, rel=0.15)
+
+
+def test_detect_craters__dark_hollow_full_of_debris_is_not_a_crater() -> None:
+    # the same dark round hollow twice: a smooth bowl (a crater), and one strewn with bright
+    # 1 m blocks, as a gap in the rubble of a collapsed building is
+    craters = [(60.0, 60.0, 8.0), (60.0, 160.0, 8.0)]
+    before = render((128, 224), seed=12)
+    after = render((128, 224), craters=craters, seed=12)
+    rng = np.random.default_rng(3)
+    blocks = np.kron(rng.uniform(0.5, 1.6, (64, 112)), np.ones((2, 2)))
+    yy, xx = np.mgrid[0:128, 0:224]
+    hollow = np.hypot(yy - 60, xx - 160) < 6
+    after[hollow] *= blocks[hollow]
+    sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
+    found = detect_craters(raster(after), raster(before), **sun)
+    assert match(found, craters) == [0, None], found
+    assert found.texture[0] < CraterParams().texture_ramp[0]
+    off = CraterParams(texture_ramp=(10.0, 11.0))  # the texture test off: both pass
+    both = detect_craters(raster(after), raster(before), params=off, **sun)
+    clean, debris = match(both, craters)
+    assert clean is not None and debris is not None
+    assert both.texture[debris] > max(CraterParams().texture_ramp[0], 3 * both.texture[clean])
+
+
+def test_detect_craters__dark_blob_on_an_intact_roof_needs_a_broken_roof() -> None:
+    box_ = [(40, 120, 40, 120, 6.0)]
+    before = render((160, 160), boxes=box_, seed=6)
+    bowl = render((160, 160), craters=[(80.0, 80.0, 6.0)], seed=6)
+    after = before.copy()
+    yy, xx = np.mgrid[0:160, 0:160]
+    inner = np.hypot(yy - 80, xx - 80) < 6.0  # the bowl only: the roof around it is intact
+    after[inner] = 0.8 * bowl[inner] * 0.8 / 0.55
+    x0, y0 = TRANSFORM * (40, 40)
+    x1, y1 = TRANSFORM * (120, 120)
+    fp = gpd.GeoDataFrame(geometry=[box(x0, y1, x1, y0)], crs=32637)
+    sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
+    plain = detect_craters(raster(after), raster(before), **sun)
+    assert len(plain) == 1 and plain.surround_change[0] < CraterParams().roof_change_ramp[0]
+    # with footprints the blob lies inside an unchanged roof: damage, not a crater
+    assert len(detect_craters(raster(after), raster(before), footprints=fp, **sun)) == 0
+    # single-image mode cannot tell an intact roof: the blob stays, on a building
+    alone = detect_craters(raster(after), footprints=fp, **sun)
+    assert alone.on.tolist() == ["building"] and np.isnan(alone.surround_change[0])
+
+
+def test_detect_craters__dark_block_in_a_big_craters_ejecta_is_not_a_crater() -> None:
+    big, small = (96.0, 96.0, 18.0), (96.0, 96.0 + 1.8 * 18.0, 3.0)  # small at 1.8 R of big
+    before = render((192, 192), seed=9)
+    after = render((192, 192), craters=[big, small], seed=9)
+    sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
+    both = detect_craters(
+        raster(after), raster(before), params=CraterParams(blanket_size_ratio=0.0), **sun
+    )
+    assert all(k is not None for k in match(both, [big, small])), both
+    found = detect_craters(raster(after), raster(before), **sun)
+    assert match(found, [big])[0] is not None and match(found, [small])[0] is None
+    # a chunk seam between the two (the big crater's centre in one chunk, the small one's in
+    # another) changes nothing
+    chunked = detect_craters(
+        raster(after).chunk({"x": 110}), raster(before).chunk({"x": 110}), **sun
+    )
+    pd_testing.assert_frame_equal(_frame(chunked), _frame(found))
+
+
+def test_local_stats__equals_gaussian_filter_at_the_points() -> None:
+    from changedet._crater_scale import LOCAL_TRUNCATE, local_stats
+
+    rng = np.random.default_rng(7)
+    img = rng.random((37, 53)).astype(np.float32)
+    iy, ix = rng.integers(0, 37, 300), rng.integers(0, 53, 300)  # edges included
+    for sigma in (0.9, 2.3, 5.1):
+        mean, var = local_stats(img, iy, ix, sigma)
+        m = ndimage.gaussian_filter(img.astype(np.float64), sigma, truncate=LOCAL_TRUNCATE)
+        v = ndimage.gaussian_filter(img.astype(np.float64) ** 2, sigma, truncate=LOCAL_TRUNCATE)
+        np.testing.assert_allclose(mean, m[iy, ix], atol=1e-12)
+        np.testing.assert_allclose(var, (v - m * m)[iy, ix], atol=1e-12)
+
+
+def test_measure_all__bowl_texture_ignores_the_wall_shading_ramp() -> None:
+    from changedet._crater_measure import measure_all
+
+    yy, xx = np.mgrid[0:64, 0:64].astype(float)
+    rho = np.hypot(yy - 32, xx - 32)
+    ramp_bowl = np.where(rho < 8, 0.2 + 0.02 * (xx - 32) - 0.01 * (yy - 32), 0.8)
+    noisy = ramp_bowl + np.where(rho < 8, np.random.default_rng(0).normal(0, 0.05, rho.shape), 0)
+    args = (np.array([32]), np.array([32]), np.zeros(1), np.zeros(1), np.array([8.0]), None)
+    assert measure_all(ramp_bowl, *args)["sd_in"][0] == pytest.approx(0.0, abs=1e-9)
+    assert measure_all(noisy, *args)["sd_in"][0] == pytest.approx(0.05, rel=0.2)
