@@ -40,11 +40,29 @@ worker process per core, so a 2-core machine runs 2 pairs at a time and never ov
 *Chunk-parallel* (a pair whose before image has at least ``chunk_parallel_min_chunks`` Dask
 chunks, default 16, i.e. 8192² with 2048² chunks): the driver itself runs ``run_pair`` with the
 cluster's client as Dask's default scheduler, so every chunked stage (warping, normalisation,
-change scores, detectors) is spread over the workers chunk by chunk. Graph fusion is switched
-off for these runs (with it, the damage stage's graph loses a key on the distributed
-scheduler). This needs every writer in :mod:`changedet.io` to be usable on a distributed
-scheduler; when a chunk-parallel run fails for another reason than bad input, the pair is
-re-run as an ordinary pair task (correct, just not spread), and the batch log says why.
+change scores, detectors) is spread over the workers chunk by chunk. Rasters are written by the
+driver: :func:`changedet.io.write_cog` fetches each chunk from the cluster as it is computed and
+writes it, a bounded number of chunks in flight, so no worker opens an output file. The files
+are byte-identical to a pair-parallel run's and to ``changedet run``'s. The workers must see the
+inputs and the run's scratch folder (the local cluster does; a cluster on other machines needs
+a shared file system, as for pair tasks).
+
+Low-level graph fusion is switched off for chunk-parallel runs. The pipeline computes
+overlapping graphs in several ``compute`` calls while earlier results stay on the cluster, and
+fusion can give one key a different task from one call to the next (it renames fused chains
+according to what each call asks for); the distributed scheduler remembers keys between calls
+and warns "Detected different `run_spec` for key ... between two consecutive calls to
+`update_graph`" (dask/dask#9888), which can end in a lost key or a deadlock. Seen with the
+pipeline that kept its score maps persisted on the cluster: the warning for fused
+normalisation/change keys, and a damage-stage ``KeyError`` on a fused
+``concatenate-open_rasterio-getitem-...`` key. Unfused graphs keep every key's task the same;
+the local schedulers, which remember nothing between calls, are not affected.
+
+Before the first big pair, :func:`chunk_parallel_problem` writes a two-chunk raster through the
+cluster; if that fails, or a chunk-parallel run fails for another reason than bad input, the
+pair is re-run as an ordinary pair task (correct, just not spread) and ``batch.json`` records
+why (``chunk_parallel_error``). Each pair's record says how it ran: ``mode`` is ``"chunks"`` or
+``"pair"``.
 
 Resuming and atomicity
 ----------------------
@@ -105,8 +123,23 @@ from pathlib import Path
 from typing import Any
 
 from changedet._atomic import write_json_atomic
+from changedet._batch_summary import summarize_facilities, write_summary
 from changedet.config import Config
 from changedet.errors import ChangedetError
+
+__all__ = [
+    "RESERVED_IDS",
+    "Discovery",
+    "PairSpec",
+    "check_tile_id",
+    "chunk_parallel_problem",
+    "discover_pairs",
+    "pair_is_done",
+    "run_batch",
+    "run_pair_task",
+    "summarize_facilities",
+    "write_summary",
+]
 
 log = logging.getLogger("changedet")
 
@@ -197,9 +230,9 @@ def check_tile_id(tile_id: str, source: str) -> str:
 
 
 def _sun_of_site(site: Path) -> tuple[float | None, float | None]:
-    from changedet.demo import _sun_after  # synthetic sites: after-image sun from truth/
+    from changedet.demo import sun_after  # synthetic sites: after-image sun from truth/
 
-    az, el = _sun_after(site)
+    az, el = sun_after(site)
     return (None if az is None else float(az)), (None if el is None else float(el))
 
 
@@ -494,8 +527,9 @@ def _run_into_place(spec: PairSpec, out: Path, config: Config) -> None:
 def run_pair_task(spec: PairSpec, out: str, config: dict[str, Any]) -> dict[str, Any]:
     """Run one pair (the task the driver submits): skip it when its folder verifies.
 
-    Returns a record ``{"status": "done"|"skipped"|"failed", "error", "traceback", "seconds"}``;
-    bad input or a failing stage is recorded, not raised, so the batch goes on.
+    Returns a record ``{"status": "done"|"skipped"|"failed", "mode": "pair", "error",
+    "traceback", "seconds"}``; bad input or a failing stage is recorded, not raised, so the
+    batch goes on.
 
     Examples
     --------
@@ -508,16 +542,21 @@ def run_pair_task(spec: PairSpec, out: str, config: dict[str, Any]) -> dict[str,
     with _synchronous_dask():
         try:
             if pair_is_done(out_dir / spec.id, spec, cfg):
-                return {"status": "skipped", "seconds": round(time.perf_counter() - t0, 2)}
+                return {
+                    "status": "skipped",
+                    "mode": "pair",
+                    "seconds": round(time.perf_counter() - t0, 2),
+                }
             _run_into_place(spec, out_dir, cfg)
         except Exception as exc:
             return {
                 "status": "failed",
+                "mode": "pair",
                 "error": _one_line(exc),
                 "traceback": traceback.format_exc(limit=8),
                 "seconds": round(time.perf_counter() - t0, 2),
             }
-    return {"status": "done", "seconds": round(time.perf_counter() - t0, 2)}
+    return {"status": "done", "mode": "pair", "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _run_chunk_parallel(spec: PairSpec, out: Path, cfg: Config) -> dict[str, Any]:
@@ -526,7 +565,12 @@ def _run_chunk_parallel(spec: PairSpec, out: Path, cfg: Config) -> dict[str, Any
 
     t0 = time.perf_counter()
     if pair_is_done(out / spec.id, spec, cfg):
-        return {"status": "skipped", "seconds": round(time.perf_counter() - t0, 2)}
+        return {
+            "status": "skipped",
+            "mode": "chunks",
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+    # unfused graphs: a key keeps one task across the run's compute calls (module docstring)
     with dask.config.set({"optimization.fuse.active": False}):
         _run_into_place(spec, out, cfg)
     return {"status": "done", "mode": "chunks", "seconds": round(time.perf_counter() - t0, 2)}
@@ -545,8 +589,8 @@ def chunk_parallel_problem(out: PathLike) -> str | None:
 
     Examples
     --------
-    >>> chunk_parallel_problem("batch_out")  # doctest: +SKIP
-    "TypeError: Could not serialize object of type _HLGExprSequence"
+    >>> chunk_parallel_problem("batch_out") is None  # doctest: +SKIP
+    True
     """
     import dask.array as dsa
     import numpy as np
@@ -703,7 +747,7 @@ def _client(scheduler: str | None, workers: int | None) -> Iterator[Any]:
             n_workers=n,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # any free port: never clashes with another cluster
             silence_logs=logging.ERROR,
         ) as cluster,
         Client(cluster) as client,
@@ -866,268 +910,3 @@ def run_batch(
             with contextlib.suppress(OSError):
                 (out / name).rmdir()  # empty by now, unless a lost worker still writes there
     return record
-
-
-# ---------------------------------------------------------------------------- summary
-
-
-def _pair_facilities(out: Path, tile_id: str) -> Any:
-    """A pair's facility table with lon/lat, tile id and distance to the tile edge."""
-    import geopandas as gpd
-    import pandas as pd
-    import rasterio
-    from shapely import wkt
-    from shapely.geometry import box
-
-    path = out / tile_id / "facilities.csv"
-    mask = out / tile_id / "change_mask.tif"
-    if not path.is_file() or not mask.is_file():
-        return None
-    df = pd.read_csv(path, dtype={"id": str, "nearest_crater_id": str})
-    with rasterio.open(mask) as src:
-        crs, bounds = src.crs, src.bounds
-    geoms = gpd.GeoSeries([wkt.loads(g) for g in df["geometry"]], crs=crs)
-    edge = box(*bounds).exterior
-    df["edge_distance_m"] = [
-        round(float(edge.distance(g.representative_point())), 2) for g in geoms
-    ]
-    pts = geoms.representative_point().to_crs("EPSG:4326")
-    df["lon"], df["lat"] = pts.x.round(7).to_numpy(), pts.y.round(7).to_numpy()
-    df["tile"] = tile_id
-    return df.drop(columns=["geometry"])
-
-
-def _same_place(a: Any, b: Any, tol_m: float = 5.0) -> bool:
-    dy = (a["lat"] - b["lat"]) * 111_320.0
-    dx = (a["lon"] - b["lon"]) * 111_320.0 * math.cos(math.radians(a["lat"]))
-    return math.hypot(dx, dy) <= tol_m
-
-
-def summarize_facilities(out: PathLike, tile_ids: list[str], global_facilities: Any = None) -> Any:
-    """One row per facility across the pairs in ``out`` (rule in the module docstring).
-
-    Examples
-    --------
-    >>> summarize_facilities("batch_out", ["site_01", "site_02"])[["id", "tile"]]  # doctest: +SKIP
-    """
-    import pandas as pd
-
-    out = Path(out)
-    tables = [t for t in (_pair_facilities(out, i) for i in sorted(tile_ids)) if t is not None]
-    rows = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    chosen = []
-    if len(rows):
-        rows = rows[rows["in_scene"].astype(str).str.lower() == "true"]
-        for _, group in rows.groupby("id", sort=True):
-            # same id, different place: different facilities (per-site lists may reuse ids)
-            places: list[list[Any]] = []
-            for _, r in group.iterrows():
-                for place in places:
-                    if _same_place(place[0], r):
-                        place.append(r)
-                        break
-                else:
-                    places.append([r])
-            for place in places:
-                best = sorted(
-                    place,
-                    key=lambda r: (
-                        not str(r["assessable"]).lower() == "true",
-                        -float(r["edge_distance_m"]),
-                        r["tile"],
-                    ),
-                )[0].copy()
-                best["tiles"] = ";".join(sorted(r["tile"] for r in place))
-                best["same_id_elsewhere"] = len(places) > 1
-                chosen.append(best)
-    table = pd.DataFrame(chosen)
-    if global_facilities is not None:
-        seen = set(table["id"]) if len(table) else set()
-        missing = global_facilities[~global_facilities["id"].isin(seen)]
-        if len(missing):
-            pts = missing.geometry.representative_point().to_crs("EPSG:4326")
-            extra = pd.DataFrame(
-                {
-                    "id": missing["id"].to_numpy(),
-                    "name": missing["name"].to_numpy(),
-                    "type": missing["type"].to_numpy(),
-                    "in_scene": False,
-                    "damage_class": "not covered",
-                    "lon": pts.x.round(7).to_numpy(),
-                    "lat": pts.y.round(7).to_numpy(),
-                    "tile": "",
-                    "tiles": "",
-                }
-            )
-            table = pd.concat([table, extra], ignore_index=True)
-    if not len(table):
-        return table
-    first = ["id", "name", "type", "tile", "tiles", "damage_class", "damaged_share", "assessable"]
-    cols = [c for c in first if c in table.columns] + [
-        c for c in table.columns if c not in first and c not in ("lon", "lat")
-    ]
-    return table[[*cols, "lon", "lat"]].sort_values(["id", "tile"]).reset_index(drop=True)
-
-
-def write_summary(
-    out: PathLike, specs: list[PairSpec], record: dict[str, Any], global_facilities: Any = None
-) -> dict[str, Path]:
-    """Write ``OUT/summary/``: ``facilities.csv``, ``overview.png`` and ``report.html``.
-
-    Examples
-    --------
-    >>> write_summary("batch_out", specs, record)["facilities.csv"].name  # doctest: +SKIP
-    'facilities.csv'
-    """
-    from changedet._atomic import write_text_atomic
-
-    out = Path(out)
-    summary = out / "summary"
-    summary.mkdir(parents=True, exist_ok=True)
-    ok = [s.id for s in specs if record["pairs"][s.id]["status"] in ("done", "skipped")]
-    table = summarize_facilities(out, ok, global_facilities)
-    files = {"facilities.csv": summary / "facilities.csv"}
-    write_text_atomic(files["facilities.csv"], table.to_csv(index=False, lineterminator="\n"))
-    files["overview.png"] = _overview_map(out, specs, record, table, summary / "overview.png")
-    files["report.html"] = _summary_report(out, specs, record, table, files["overview.png"])
-    return files
-
-
-def _tile_outline(out: Path, spec: PairSpec) -> Any:
-    import rasterio
-    from shapely.geometry import box
-
-    try:
-        with rasterio.open(spec.before) as src:
-            return box(*src.bounds), src.crs
-    except Exception:
-        return None, None
-
-
-def _overview_map(
-    out: Path, specs: list[PairSpec], record: dict[str, Any], table: Any, path: Path
-) -> Path:
-    import geopandas as gpd
-
-    from changedet.figures import (
-        DAMAGE_COLOURS,
-        PALETTE,
-        STYLE,
-        add_north_arrow,
-        add_scale_bar,
-        figure_style,
-        legend_handles,
-        new_figure,
-        save_figure,
-        set_map_axes,
-    )
-
-    outlines, ids, status = [], [], []
-    for spec in specs:
-        geom, crs = _tile_outline(out, spec)
-        if geom is None:
-            continue
-        outlines.append(gpd.GeoSeries([geom], crs=crs).to_crs("EPSG:4326").iloc[0])
-        ids.append(spec.id)
-        status.append(record["pairs"][spec.id]["status"])
-    tiles = gpd.GeoDataFrame({"id": ids, "status": status}, geometry=outlines, crs="EPSG:4326")
-    fac = (
-        gpd.GeoDataFrame(
-            table, geometry=gpd.points_from_xy(table["lon"], table["lat"]), crs="EPSG:4326"
-        )
-        if len(table)
-        else gpd.GeoDataFrame({"damage_class": []}, geometry=[], crs="EPSG:4326")
-    )
-    everything = gpd.GeoSeries([*tiles.geometry, *fac.geometry], crs="EPSG:4326")
-    utm = everything.estimate_utm_crs() if len(everything) else "EPSG:3857"
-    tiles, fac = tiles.to_crs(utm), fac.to_crs(utm)
-    left, bottom, right, top = gpd.GeoSeries([*tiles.geometry, *fac.geometry], crs=utm).total_bounds
-    # a square extent around everything: tiles spread along one axis stay readable
-    half = max(right - left, top - bottom, 100.0) * 0.55
-    cx, cy = (left + right) / 2, (top + bottom) / 2
-    left, right, bottom, top = cx - half, cx + half, cy - half, cy + half
-    with figure_style():
-        fig = new_figure((9.5, 7.0))
-        ax = fig.add_subplot()
-        for _, t in tiles.iterrows():
-            colour = PALETTE["vermillion"] if t["status"] == "failed" else PALETTE["blue"]
-            x, y = t.geometry.exterior.xy
-            ax.fill(x, y, facecolor=colour, alpha=0.15, edgecolor=colour, lw=1.2)
-            c = t.geometry.centroid
-            ax.annotate(t["id"], (c.x, c.y), ha="center", va="center", fontsize=7, color=colour)
-        for _, f in fac.iterrows():
-            colour = DAMAGE_COLOURS.get(str(f["damage_class"]), STYLE["facility"])
-            marker = "x" if f["damage_class"] == "not covered" else "o"
-            ax.plot(f.geometry.x, f.geometry.y, marker=marker, color=colour, mec="black", ms=6)
-            ax.annotate(
-                str(f["id"]),
-                (f.geometry.x, f.geometry.y),
-                xytext=(4, 4),
-                textcoords="offset points",
-                fontsize=6,
-            )
-        set_map_axes(ax, (left, bottom, right, top), crs_name=str(utm))
-        add_scale_bar(ax)
-        add_north_arrow(ax)
-        items = [
-            ("line", PALETTE["blue"], "tile (done / skipped)"),
-            ("line", PALETTE["vermillion"], "tile (failed)"),
-        ]
-        items += [("circle", v, f"facility: {k}") for k, v in DAMAGE_COLOURS.items()]
-        items += [("circle", STYLE["facility"], "facility: no visible damage / other")]
-        with contextlib.suppress(Exception):
-            ax.legend(
-                handles=legend_handles(items),
-                loc="upper left",
-                bbox_to_anchor=(1.02, 1.0),
-                fontsize=7,
-                frameon=False,
-            )
-        ax.set_title(f"Batch overview: {len(tiles)} tile(s), {len(fac)} facilities")
-        save_figure(fig, path)
-    return path
-
-
-def _summary_report(
-    out: Path, specs: list[PairSpec], record: dict[str, Any], table: Any, overview: Path
-) -> Path:
-    from changedet.report import Section, html_image, html_table, write_report_html
-
-    pairs = [
-        {
-            "tile": s.id,
-            # results, not history: a pair verified from an earlier run is as done as a new one
-            # (batch.json keeps 'skipped'), so a resumed batch's summary equals an uninterrupted one
-            "status": "failed" if record["pairs"][s.id]["status"] == "failed" else "done",
-            "error": record["pairs"][s.id].get("error", ""),
-            "report": f"{s.id}/report.html" if (out / s.id / "report.html").is_file() else "",
-        }
-        for s in specs
-    ]
-    sections = [
-        Section(
-            "Overview",
-            html_image(
-                overview,
-                alt="map of tiles and facilities",
-                caption="Tiles (outlines) and facilities, coloured by damage class.",
-            ),
-        ),
-        Section(
-            "Facilities", html_table(table) if len(table) else "<p>No facility was scored.</p>"
-        ),
-        Section("Pairs", html_table(pairs)),
-        Section(
-            "Inputs skipped",
-            html_table(record.get("skipped_inputs", []))
-            if record.get("skipped_inputs")
-            else "<p>none</p>",
-        ),
-    ]
-    n_failed = sum(p["status"] == "failed" for p in pairs)
-    return write_report_html(
-        out / "summary" / "report.html",
-        "changedet batch summary",
-        sections,
-        subtitle=f"{len(pairs)} pair(s), {n_failed} failed. Per-pair results in OUT/<tile>/.",
-    )

@@ -51,8 +51,29 @@ def find_sites(tiles: str | os.PathLike[str]) -> list[Path]:
     return sites
 
 
-def _sun_after(site: Path) -> tuple[float | None, float | None]:
-    scene = site / "truth" / "scene.json"
+def sun_after(site: str | os.PathLike[str]) -> tuple[float | None, float | None]:
+    """The after image's sun ``(azimuth, elevation)`` in degrees of a synthetic site.
+
+    Read from ``site/truth/scene.json`` (``settings.sun_after``); ``(None, None)`` when the site
+    has no ground truth (real imagery: take the angles from the image metadata).
+
+    Parameters
+    ----------
+    site
+        A site folder (``before.tif``, ``after.tif``, optionally ``truth/scene.json``).
+
+    Returns
+    -------
+    tuple
+        ``(azimuth_deg, elevation_deg)``, or ``(None, None)``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> sun_after(tempfile.mkdtemp())
+    (None, None)
+    """
+    scene = Path(site) / "truth" / "scene.json"
     if not scene.is_file():
         return None, None
     data = json.loads(scene.read_text())
@@ -119,7 +140,7 @@ def run_demo(
                 )
             )
             continue
-        az, el = _sun_after(site)
+        az, el = sun_after(site)
         footprints = site / "footprints.geojson"
         facilities = site / "facilities.geojson"
         cfg = Config().updated({"report": _synthetic_caption(site)})

@@ -21,9 +21,13 @@ and a CRS.
 
 Writing
 -------
-:func:`write_cog` writes a Cloud-Optimized GeoTIFF blockwise from Dask (memory bounded by the
-chunk size) into a temporary tiled GeoTIFF, then translates it with GDAL's ``COG`` driver
-(overviews, deflate); the final name appears only when complete (:func:`changedet._atomic.atomic_path`).
+:func:`write_cog` writes a Cloud-Optimized GeoTIFF blockwise from Dask into a temporary tiled
+GeoTIFF, then translates it with GDAL's ``COG`` driver (overviews, deflate); the final name
+appears only when complete (:func:`changedet._atomic.atomic_path`). The chunks are computed by
+whichever Dask scheduler is active (threads, synchronous, ``processes`` or a
+``dask.distributed`` cluster) and written by the calling process as they arrive, a bounded
+number at a time: memory stays bounded by the chunk size, workers never open the output, and
+the bytes written do not depend on the scheduler.
 :func:`write_geojson` (EPSG:4326), :func:`write_gpkg` (scene CRS) and :func:`write_csv` are atomic too.
 
 Examples
@@ -323,9 +327,40 @@ def write_cog(
 ) -> Path:
     """Write ``da`` (``(band, y, x)`` or ``(y, x)``, Dask or numpy) as a COG, atomically.
 
-    Written blockwise from Dask (chunks re-aligned to whole ``blocksize`` tiles) into a temporary
-    uncompressed tiled GeoTIFF (one writer thread at a time, via a lock), then translated with GDAL's ``COG`` driver (overviews, ``compress``). Float data keep
-    NaN as nodata unless ``nodata`` is given.
+    A Dask array is computed through the active Dask scheduler (threaded, synchronous or a
+    ``dask.distributed`` client) with its chunks re-aligned to whole ``blocksize`` tiles; each
+    chunk is written by the calling process into a temporary uncompressed tiled GeoTIFF as it
+    arrives, and released (see :func:`_write_dask_blocks`), so memory stays bounded by a few
+    chunks and workers never touch the output file. GDAL's ``COG`` driver then translates it
+    (overviews, ``compress``). The bytes depend only on the values and metadata, never on the
+    scheduler. Float data keep NaN as nodata unless ``nodata`` is given.
+
+    Parameters
+    ----------
+    da
+        The raster, with a CRS (``da.rio.crs``).
+    path
+        The output file; it appears only when complete.
+    nodata
+        Nodata value to record (float NaN are replaced by it).
+    compress
+        GDAL compression of the COG.
+    blocksize
+        Tile size in pixels (a multiple of 16).
+    overwrite
+        Replace an existing file; otherwise raise ``OutputExistsError``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    MissingCRSError
+        ``da`` has no CRS.
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is false.
 
     Examples
     --------
@@ -365,19 +400,28 @@ def write_cog(
         os.close(fd)
         tmp = Path(tmp_name)
         try:
-            if out.chunks is not None:
+            profile: dict[str, Any] = {
+                "tiled": True,
+                "blockxsize": blocksize,
+                "blockysize": blocksize,
+                "BIGTIFF": "IF_SAFER",
+            }
+            if out.chunks is None:
+                out.rio.to_raster(tmp, **profile)  # in memory already: one write
+            else:
                 # chunks aligned to whole blocks: no block is written twice (no re-compression)
                 ny, nx = out.shape[-2:]
                 side = max(blocksize, (max(out.data.chunksize[-2:]) // blocksize) * blocksize)
                 out = out.chunk({out.dims[-2]: min(side, ny), out.dims[-1]: min(side, nx)})
-            out.rio.to_raster(
-                tmp,
-                tiled=True,
-                blockxsize=blocksize,
-                blockysize=blocksize,
-                lock=threading.Lock(),
-                BIGTIFF="IF_SAFER",
-            )
+                # rioxarray creates the file with all its metadata (CRS, transform, nodata, band
+                # descriptions, tags) and, with compute=False, returns its own dask store
+                # unevaluated: we drop it and write the pixels ourselves.
+                out.rio.to_raster(tmp, lock=threading.Lock(), compute=False, **profile)
+                from xarray.conventions import encode_cf_variable
+
+                with rasterio.open(tmp, "r+") as dst:
+                    pixels = encode_cf_variable(out.variable).data.astype(dst.dtypes[0])
+                    _write_dask_blocks(pixels, dst)
             rasterio.shutil.copy(
                 tmp,
                 final_tmp,
@@ -390,6 +434,123 @@ def write_cog(
         finally:
             tmp.unlink(missing_ok=True)
     return path
+
+
+#: Chunks computed at once when the scheduler is neither in-process nor distributed (e.g.
+#: ``scheduler="processes"``): each group is one ``dask.compute`` call.
+_GROUP_CHUNKS = 4
+
+
+def _write_window(dst: Any, key: tuple[slice, ...], block: np.ndarray) -> None:
+    """Write one chunk (``key``: its slices in the whole array) into the open dataset ``dst``."""
+    ys, xs = key[-2], key[-1]
+    window = rasterio.windows.Window(xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start)
+    if block.ndim == 2:
+        dst.write(block, 1, window=window)
+    else:
+        bands = key[0]
+        dst.write(block, list(range(bands.start + 1, bands.stop + 1)), window=window)
+
+
+class _WindowWriter:
+    """A ``dask.array.store`` target writing each chunk into an open dataset (in-process)."""
+
+    def __init__(self, dst: Any) -> None:
+        self.dst = dst
+        self.token = os.urandom(8).hex()
+
+    def __dask_tokenize__(self) -> str:  # never pickled to tokenise an open dataset
+        return self.token
+
+    def __setitem__(self, key: tuple[slice, ...], block: np.ndarray) -> None:
+        _write_window(self.dst, key, block)
+
+
+def _block_keys(chunks: tuple[tuple[int, ...], ...]) -> list[tuple[slice, ...]]:
+    """Slices of every chunk, in the C order of ``Array.to_delayed().ravel()``."""
+    import itertools
+
+    edges = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in chunks]
+    return [
+        tuple(slice(int(e[i]), int(e[i + 1])) for e, i in zip(edges, idx, strict=True))
+        for idx in itertools.product(*(range(len(c)) for c in chunks))
+    ]
+
+
+def _distributed_client(arr: Any) -> Any:
+    """The ``distributed.Client`` that would compute ``arr`` now, or ``None``."""
+    import dask.base
+
+    get = dask.base.get_scheduler(collections=[arr])
+    owner = getattr(get, "__self__", None)
+    if owner is not None and type(owner).__module__.startswith("distributed"):
+        return owner
+    return None
+
+
+def _write_dask_blocks(arr: Any, dst: Any) -> None:
+    """Compute the chunks of the Dask array ``arr`` and write each one into ``dst``.
+
+    All writes happen in this process, one at a time, through one open handle; only the
+    computation is spread, by the active scheduler:
+
+    - threaded / synchronous (in-process): ``dask.array.store`` into a :class:`_WindowWriter`
+      under a lock; each chunk is written as soon as it is computed and then released;
+    - ``dask.distributed``: a sliding window of chunk futures, in C order: at most
+      ``max(2 × worker threads, chunks per row + 2)`` chunks submitted and not yet written; each
+      written chunk's future is released, and once half the window is written the next chunks
+      are submitted (in one call). Tasks shared by chunks in flight together (the halos of
+      neighbours, including the chunk below) are computed once;
+    - any other scheduler (``processes``): ``dask.compute`` on groups of ``_GROUP_CHUNKS``
+      chunks (tasks shared by two groups are computed twice).
+    """
+    import dask
+    import dask.array
+    import dask.base
+    import dask.local
+    import dask.threaded
+
+    keys = _block_keys(arr.chunks)
+    client = _distributed_client(arr)
+    if client is not None:
+        from distributed import as_completed
+
+        # optimised once, for all chunks: re-optimising each window's subset could fuse a task
+        # differently from one submission to the next, and the scheduler (which remembers a
+        # key between submissions) refuses to trust such keys (dask/dask#9888)
+        blocks = list(arr.to_delayed(optimize_graph=True).ravel())
+        threads = sum(client.nthreads().values()) or 1
+        window = max(2 * threads, len(arr.chunks[-1]) + 2)
+        where: dict[Any, tuple[slice, ...]] = {}
+        arrived = as_completed(loop=client.loop)
+        following = 0
+
+        def refill() -> None:  # one submission per refill (the scheduler culls the graph)
+            nonlocal following
+            upto = min(following + window - len(where), len(blocks))
+            if upto > following:
+                futures = client.compute(blocks[following:upto], optimize_graph=False)
+                where.update({f.key: k for f, k in zip(futures, keys[following:upto], strict=True)})
+                arrived.update(futures)
+                following = upto
+
+        refill()
+        for fut in arrived:
+            _write_window(dst, where.pop(fut.key), fut.result())
+            fut.release()  # the cluster may forget it now
+            del fut
+            if len(where) <= window // 2:
+                refill()
+        return
+    get = dask.base.get_scheduler(collections=[arr])
+    if get in (dask.threaded.get, dask.local.get_sync):
+        dask.array.store(arr, _WindowWriter(dst), lock=threading.Lock())
+        return
+    blocks = list(arr.to_delayed().ravel())
+    for start in range(0, len(blocks), _GROUP_CHUNKS):
+        group = blocks[start : start + _GROUP_CHUNKS]
+        for key, block in zip(keys[start:], dask.compute(*group), strict=False):
+            _write_window(dst, key, block)
 
 
 def write_geojson(gdf: Any, path: PathLike) -> Path:

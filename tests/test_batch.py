@@ -187,6 +187,8 @@ def test_run_batch__local_cluster_equals_run_pair(local_batch: Path, reference: 
     record = json.loads((local_batch / "batch.json").read_text())
     status = {k: v["status"] for k, v in record["pairs"].items()}
     assert status == {"alpha": "done", "beta": "done", "tiny": "failed"}
+    # small pairs (one 2048² chunk each) run as one task each
+    assert {v["mode"] for v in record["pairs"].values()} == {"pair"}
     assert "smaller than one correlation window" in record["pairs"]["tiny"]["error"]
     assert not (local_batch / "tiny").exists()
     for tile_id in ("alpha", "beta"):
@@ -254,6 +256,52 @@ def test_pair_is_done__detects_changed_output(
     with open(tmp_path / "beta" / "craters.geojson", "ab") as fh:
         fh.write(b" ")
     assert not pair_is_done(tmp_path / "beta", spec, Config())
+
+
+# ---------------------------------------------------------------------------- chunk-parallel
+
+
+def test_run_batch__big_pairs_run_chunk_parallel_equal_changedet_run(
+    tiles: Path, tmp_path: Path
+) -> None:
+    """384² pairs in 128² chunks (9 chunks each) over the threshold run chunk by chunk on the
+    cluster; their files equal `changedet run` / `run_pair` in this process (threads)."""
+    cfg = Config().updated_dotted({"io.chunk_px": 128})
+    out = tmp_path / "out"
+    record = run_batch(
+        tiles, out, config=cfg, workers=2, chunk_parallel_min_chunks=9, progress=False
+    )
+    runs = {k: (v["status"], v.get("mode")) for k, v in record["pairs"].items()}
+    # tiny (256²: 4 chunks) stays an ordinary pair task, and fails as before
+    assert runs == {
+        "alpha": ("done", "chunks"),
+        "beta": ("done", "chunks"),
+        "tiny": ("failed", "pair"),
+    }
+    assert not [k for k, v in record["pairs"].items() if "chunk_parallel_error" in v]
+    assert json.loads((out / "batch.json").read_text())["pairs"]["alpha"]["mode"] == "chunks"
+
+    ref = tmp_path / "ref"
+    az, el = _sun(tiles / "alpha")
+    site = tiles / "alpha"
+    args = [
+        "run", str(site / "before.tif"), str(site / "after.tif"), "--out", str(ref / "alpha"),
+        "--footprints", str(site / "footprints.geojson"),
+        "--facilities", str(site / "facilities.geojson"),
+        "--sun-azimuth", str(az), "--sun-elevation", str(el), "--set", "io.chunk_px=128",
+        "--quiet",
+    ]  # fmt: skip
+    assert main(args) == 0
+    run_pair(
+        tiles / "beta_pre.tif",
+        tiles / "beta_post.tif",
+        out=ref / "beta",
+        facilities=tiles / "beta_facilities.geojson",
+        config=cfg,
+    )
+    for tile_id in ("alpha", "beta"):
+        assert_same_pair(out / tile_id, ref / tile_id)
+    assert_no_leftovers(out)
 
 
 # ---------------------------------------------------------------------------- real cluster

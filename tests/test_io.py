@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import dask
+import dask.array as dsa
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
 import rasterio
 import shapely
+import xarray as xr
 from affine import Affine
 
 from changedet.errors import BandMismatchError, MissingCRSError, NoOverlapError, UnreadableFileError
@@ -152,6 +160,138 @@ def test_write_cog__failure_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(MissingCRSError, match=r"Set one with"):
         write_cog(src, tmp_path / "x.tif")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def clusters() -> Iterator[dict[str, Any]]:
+    """Two-worker LocalClusters: threads in this process, and worker processes."""
+    from distributed import LocalCluster
+
+    opts = {"n_workers": 2, "threads_per_worker": 1, "dashboard_address": ":0"}
+    with (
+        LocalCluster(processes=False, **opts) as inproc,
+        LocalCluster(processes=True, **opts) as procs,
+    ):
+        yield {"distributed-threads": inproc, "distributed-processes": procs}
+
+
+@contextmanager
+def _scheduler(name: str, clusters: dict[str, Any]) -> Iterator[None]:
+    """Make ``name`` Dask's scheduler inside the block (a LocalCluster's client, or a local one)."""
+    if name.startswith("distributed"):
+        from distributed import Client, get_task_stream
+
+        with (
+            Client(clusters[name], set_as_default=False) as client,
+            dask.config.set(scheduler=client),
+            get_task_stream(client) as stream,
+        ):
+            yield
+        assert stream.data, "the cluster ran no task"  # the work really went to the cluster
+    elif name == "processes":  # one pool for the whole block, not one per dask.compute
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")
+        with (
+            ProcessPoolExecutor(2, mp_context=ctx) as pool,
+            dask.config.set(scheduler="processes", pool=pool),
+        ):
+            yield
+    else:
+        with dask.config.set(scheduler=name):
+            yield
+
+
+def _gradient(size: int, chunk: int) -> xr.DataArray:
+    """A lazy ``(1, size, size)`` float32 raster, each chunk made where it is computed."""
+
+    def fill(block_info: Any = None) -> np.ndarray:
+        (y0, y1), (x0, x1) = block_info[None]["array-location"][1:]
+        rows = np.arange(y0, y1, dtype=np.float32)[:, None] % 97
+        return (rows + np.arange(x0, x1, dtype=np.float32) % 89)[None]
+
+    n = size // chunk
+    data = dsa.map_blocks(fill, dtype=np.float32, chunks=((1,), (chunk,) * n, (chunk,) * n))
+    return make_raster(data)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+SCHEDULERS = ["threads", "synchronous", "processes", "distributed-threads", "distributed-processes"]
+
+
+def test_write_cog__same_bytes_on_every_scheduler(tmp_path: Path, clusters: dict[str, Any]) -> None:
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(2, 700, 650)).astype(np.float32)
+    data[:, :20] = np.nan
+    mask = (data[0] > 0.5).astype(np.uint8)
+    rasters = {
+        # bands split across chunks, odd chunk sizes (re-aligned to whole 512 tiles)
+        "bands.tif": (make_raster(data).chunk({"band": 1, "y": 97, "x": 131}), None),
+        # a 2-D (y, x) array, an integer type and an explicit nodata
+        "mask.tif": (make_raster(mask).isel(band=0).chunk({"y": 300, "x": 200}), 255),
+        "filled.tif": (make_raster(data[:1]).chunk({"y": 256, "x": 256}), -9999.0),
+    }
+    digests = {}
+    for name in SCHEDULERS:
+        with _scheduler(name, clusters):
+            for fname, (raster, nodata) in rasters.items():
+                write_cog(raster, tmp_path / name / fname, nodata=nodata)
+        digests[name] = {f: _sha(tmp_path / name / f) for f in rasters}
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == sorted(rasters)
+    for name in SCHEDULERS[1:]:
+        assert digests[name] == digests["threads"], name
+    # and the values are the array's
+    np.testing.assert_array_equal(open_raster(tmp_path / "threads" / "bands.tif").values, data)
+    with rasterio.open(tmp_path / "threads" / "mask.tif") as f:
+        assert f.nodata == 255 and f.count == 1
+        np.testing.assert_array_equal(f.read(1), mask)
+    back = open_raster(tmp_path / "threads" / "filled.tif").values  # -9999 read back as NaN
+    np.testing.assert_array_equal(back, data[:1])
+
+
+@pytest.mark.parametrize("name", ["threads", "distributed-threads"])
+def test_write_cog__memory_bounded_by_chunks_not_scene(
+    tmp_path: Path, clusters: dict[str, Any], name: str
+) -> None:
+    """A 144 MiB lazy raster in 1 MiB chunks: Python's peak (workers included) stays small."""
+    raster = _gradient(6144, 512)
+    with _scheduler(name, clusters):
+        tracemalloc.start()
+        try:
+            write_cog(raster, tmp_path / "big.tif")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < raster.nbytes / 6, f"peak {peak / 2**20:.1f} MiB"
+    with rasterio.open(tmp_path / "big.tif") as f:
+        window = rasterio.windows.Window(5000, 3000, 700, 900)  # across chunk seams
+        got = f.read(1, window=window)
+    want = raster[0, 3000:3900, 5000:5700].values
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["threads", "distributed-threads"])
+def test_write_cog__failing_chunk_leaves_old_file(
+    tmp_path: Path, clusters: dict[str, Any], name: str
+) -> None:
+    path = tmp_path / "c.tif"
+    path.write_bytes(b"an earlier output")
+
+    def fail(block: np.ndarray, block_info: Any = None) -> np.ndarray:
+        if block_info[0]["chunk-location"][1:] == (2, 1):
+            raise ValueError("chunk (2, 1) failed")
+        return block
+
+    raster = make_raster(np.ones((1, 1536, 1536), np.float32)).chunk({"y": 512, "x": 512})
+    broken = raster.copy(data=raster.data.map_blocks(fail, dtype=np.float32))
+    with _scheduler(name, clusters), pytest.raises(ValueError, match=r"chunk \(2, 1\) failed"):
+        write_cog(broken, path)
+    assert path.read_bytes() == b"an earlier output"
+    assert [p.name for p in tmp_path.iterdir()] == ["c.tif"]  # no temporary left
 
 
 def test_write_vectors__geojson_4326_gpkg_scene_crs_csv(tmp_path: Path) -> None:
