@@ -44,8 +44,9 @@ change scores, detectors) is spread over the workers chunk by chunk. Rasters are
 driver: :func:`changedet.io.write_cog` fetches each chunk from the cluster as it is computed and
 writes it, a bounded number of chunks in flight, so no worker opens an output file. The files
 are byte-identical to a pair-parallel run's and to ``changedet run``'s. The workers must see the
-inputs and the run's scratch folder (the local cluster does; a cluster on other machines needs
-a shared file system, as for pair tasks).
+inputs and the run's scratch rasters, kept under ``OUT/.staging`` (the local cluster does; a
+cluster on other machines needs ``TILE_DIR`` and ``OUT`` on a shared file system, as for pair
+tasks).
 
 Low-level graph fusion is switched off for chunk-parallel runs. The pipeline computes
 overlapping graphs in several ``compute`` calls while earlier results stay on the cluster, and
@@ -508,6 +509,9 @@ def _run_into_place(spec: PairSpec, out: Path, config: Config) -> None:
             config=config,
             sun_azimuth_deg=spec.sun_azimuth_deg,
             sun_elevation_deg=spec.sun_elevation_deg,
+            # beside the staging folder, so workers on other machines that see OUT see it too;
+            # a killed run's leftovers go with .staging on the next run
+            scratch_dir=out / ".staging",
         )
         if not (staging / "manifest.json").is_file():  # pragma: no cover - run_pair writes it
             raise ChangedetError(staging, "the run wrote no manifest.json", None)

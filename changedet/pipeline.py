@@ -148,6 +148,7 @@ def run_pair(
     sun_elevation_deg: float | None = None,
     progress: bool = False,
     overwrite: bool = False,
+    scratch_dir: PathLike | None = None,
 ) -> PairResult:
     """Run the pipeline on one pair.
 
@@ -174,6 +175,12 @@ def run_pair(
     overwrite
         Replace the results of a different run in ``out``; without it such a folder is refused
         before any work starts (re-running the same run into its own folder is allowed).
+    scratch_dir
+        Folder under which the run keeps its private scratch rasters (the warped, normalised
+        after image and the change score, computed once and read by every later stage);
+        deleted when the run ends. Default: the system's temporary folder (``TMPDIR``). On a
+        Dask cluster spanning machines, give a folder every worker sees at the same path.
+        It never changes a result.
 
     Returns
     -------
@@ -191,7 +198,7 @@ def run_pair(
     # scratch rasters): bound it, so that memory does not grow with the scene up to that cap.
     with (
         _RunLog() as run_log,
-        _Scratch() as scratch,
+        _Scratch(scratch_dir) as scratch,
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
     ):
         return _run_pair(
@@ -411,7 +418,8 @@ class _Scratch:
     the run ends, also when it fails.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, parent: PathLike | None = None) -> None:
+        self.parent = None if parent is None else Path(parent)
         self.dir: Path | None = None
 
     def __enter__(self) -> _Scratch:
@@ -442,7 +450,9 @@ class _Scratch:
         from changedet import io as cio
 
         if self.dir is None:
-            self.dir = Path(tempfile.mkdtemp(prefix="changedet-scratch-"))
+            if self.parent is not None:
+                self.parent.mkdir(parents=True, exist_ok=True)
+            self.dir = Path(tempfile.mkdtemp(prefix="changedet-scratch-", dir=self.parent))
         path = self.dir / f"{name}.tif"
         flat = "band" not in raster.dims
         stored = raster.expand_dims(band=[1]) if flat else raster

@@ -270,8 +270,9 @@ def test_run_pair__stored_rasters_give_the_numbers_of_the_lazy_chain(
 
 
 def test_run_pair__scratch_folder_removed_when_a_stage_fails(
-    site: Path, monkeypatch: pytest.MonkeyPatch
+    site: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """The scratch folder is made under ``scratch_dir`` and removed, also when a stage fails."""
     import changedet.craters
     import changedet.pipeline as pl
 
@@ -293,5 +294,7 @@ def test_run_pair__scratch_folder_removed_when_a_stage_fails(
             site / "before.tif",
             site / "after.tif",
             config=Config().updated({"io": {"chunk_px": 200}}),
+            scratch_dir=tmp_path / "scratch",
         )
     assert dirs and dirs[0] is not None and not dirs[0].exists()
+    assert dirs[0].parent == tmp_path / "scratch" and not any((tmp_path / "scratch").iterdir())
