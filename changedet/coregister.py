@@ -68,6 +68,7 @@ from changedet._coreg_phase import BLOCK, SUB_MARGIN, fill_nan, measure_windows
 from changedet._coreg_warp import warp_array
 from changedet.config import CoregisterConfig
 from changedet.errors import CoregistrationError, NoOverlapError
+from changedet.io import window_reader
 
 __all__ = ["CoregResult", "GlobalShift", "LocalGrid", "coregister"]
 
@@ -282,8 +283,15 @@ def _read_windows(*requests: tuple[Any, np.ndarray, int]) -> list[np.ndarray]:
                     runs[-1] = (row, first, c0 + size, [*members, k])
                     continue
             runs.append((r0, c0, c0 + size, [k]))
+        # a file opened by open_raster is read window by window from the file: slicing its
+        # Dask array would decode every whole chunk a window touches
+        read = window_reader(data)
         for row, first, end, _members in runs:
-            regions.append(data[:, max(row, 0) : min(row + size, ny), max(first, 0) : min(end, nx)])
+            box = (max(row, 0), min(row + size, ny), max(first, 0), min(end, nx))
+            if read is not None:
+                regions.append(read(*box))
+            else:
+                regions.append(data[:, box[0] : box[1], box[2] : box[3]])
         plans.append((len(corners), size, runs))
     if any(not isinstance(r, np.ndarray) for r in regions):
         import dask

@@ -66,6 +66,39 @@ def test_local_grid__dask_input_matches_numpy() -> None:
     np.testing.assert_allclose(res_np.model.matrix, res_da.model.matrix, atol=1e-6)
 
 
+def test_fit_from_files__windowed_reads_give_the_dask_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files opened with open_raster are read window by window from the file; the fit is the
+    one the Dask slices give."""
+    import changedet.coregister as coreg
+    from changedet.io import open_raster, write_cog
+
+    before, after, _ = make_pair((1, 512, 512), shift_px=(3.3, -2.1), seed=4)
+    write_cog(before, tmp_path / "b.tif")
+    write_cog(after, tmp_path / "a.tif")
+    reads: list[object] = []
+    reader = coreg.window_reader
+
+    def spy(data: object) -> object:
+        got = reader(data)
+        reads.append(got)
+        return got
+
+    def fits() -> list[CoregResult]:
+        b = open_raster(tmp_path / "b.tif", chunks=200)
+        a = open_raster(tmp_path / "a.tif", chunks=200)
+        return [stage.fit(b, a).result for stage in (GlobalShift(), LocalGrid(**SMALL))]
+
+    monkeypatch.setattr(coreg, "window_reader", spy)
+    windowed = fits()
+    assert reads and all(r is not None for r in reads)
+    monkeypatch.setattr(coreg, "window_reader", lambda data: None)
+    for w, d in zip(windowed, fits(), strict=True):
+        assert w.shift_px == d.shift_px and w.n_kept == d.n_kept
+        np.testing.assert_array_equal(w.model.matrix, d.model.matrix)
+
+
 def test_apply__dask_equals_numpy_on_odd_chunks() -> None:
     before, after, _ = make_pair((2, 300, 340), shift_px=(4.3, -2.7), rotation_deg=0.2, seed=6)
     after = after.where(after.x < after.x[300])  # a nodata block

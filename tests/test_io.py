@@ -122,6 +122,43 @@ def test_open_raster__mosaic_of_tiles_equals_whole(tmp_path: Path) -> None:
     np.testing.assert_array_equal(da.values, whole.astype(np.float32))
 
 
+def test_window_reader__same_values_as_the_dask_array(tmp_path: Path) -> None:
+    """Windows read from the file equal slices of open_raster's array (nodata from the file,
+    from ``nodata=``, a mosaic, float data), and derived arrays get no reader."""
+    from changedet.io import window_reader
+
+    rng = np.random.default_rng(3)
+    u16 = rng.integers(0, 900, (3, 150, 170), dtype=np.uint16)
+    u16[:, :20, :30] = 0
+    f32 = rng.normal(size=(1, 150, 170)).astype(np.float32)
+    paths = {
+        "uint16, file nodata": (_write_gtiff(tmp_path / "a.tif", u16, nodata=0), None),
+        "uint16, nodata=7": (_write_gtiff(tmp_path / "b.tif", u16), 7.0),
+        "float32": (_write_gtiff(tmp_path / "c.tif", f32), None),
+    }
+    t = Affine(0.5, 0, 500000, 0, -0.5, 4000000)
+    tiles = [
+        _write_gtiff(
+            tmp_path / f"m{c0}.tif",
+            np.ascontiguousarray(u16[:, :, c0 : c0 + 90]),
+            transform=t * Affine.translation(c0, 0),
+            nodata=0,
+        )
+        for c0 in (0, 80)
+    ]
+    arrays = {k: open_raster(p, chunks=64, nodata=nd) for k, (p, nd) in paths.items()}
+    arrays["mosaic"] = open_raster(tiles, chunks=64)
+    for label, da in arrays.items():
+        read = window_reader(da.data)
+        assert read is not None, label
+        for r0, r1, c0, c1 in ((0, 40, 0, 50), (10, 137, 33, 170), (149, 150, 0, 1)):
+            want = da.data[:, r0:r1, c0:c1].compute()
+            np.testing.assert_array_equal(read(r0, r1, c0, c1), want, err_msg=label)
+        for derived in (da + 0, da.isel(x=slice(1, None)), da.where(da > 1)):
+            assert window_reader(derived.data) is None, label
+    assert window_reader(np.zeros((1, 4, 4))) is None
+
+
 def test_open_raster__mosaic_errors(tmp_path: Path) -> None:
     a = _write_gtiff(tmp_path / "a.tif", np.ones((1, 16, 16), np.uint8))
     b = _write_gtiff(tmp_path / "b.tif", np.ones((1, 16, 16), np.uint8), crs="EPSG:32636")
