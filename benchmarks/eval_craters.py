@@ -15,6 +15,14 @@ recall for craters of at least 2 m is reported separately.
 Usage::
 
     .venv/bin/python benchmarks/eval_craters.py --split tune [--n 4] [--workers 2] [--verbose]
+
+Working set of the detector (``--memory-pair``): peak memory (``tracemalloc``: numpy's buffers)
+and CPU seconds of one :func:`~changedet.craters.detect_craters` call on a pair directory
+(``before.tif``, ``after.tif``, ``footprints.geojson``, e.g. ``benchmarks/_work/pipeline/pair_2048``
+from ``bench_pipeline.py``) read into memory and cut into ``--chunk`` px Dask chunks, tiles run one
+at a time (so the peak is that of one tile; with ``n`` Dask workers expect ``n`` times it)::
+
+    .venv/bin/python benchmarks/eval_craters.py --memory-pair benchmarks/_work/pipeline/pair_2048 --chunk 1024
 """
 
 from __future__ import annotations
@@ -185,6 +193,43 @@ def evaluate_site(seed: int, overrides: dict[str, Any] | None = None) -> dict[st
     return res
 
 
+def tile_memory(pair: Path, chunk: int) -> dict[str, Any]:
+    """Peak traced memory (MB) and CPU seconds of detect_craters on ``pair`` in ``chunk`` tiles."""
+    import tracemalloc
+
+    import dask
+    import geopandas as gpd
+    import rioxarray
+
+    from changedet.craters import detect_craters
+
+    before = rioxarray.open_rasterio(pair / "before.tif").astype("float32").load()
+    after = rioxarray.open_rasterio(pair / "after.tif").astype("float32").load()
+    foot = gpd.read_file(pair / "footprints.geojson")
+    scene = pair / "truth" / "scene.json"
+    az, el = (
+        json.loads(scene.read_text())["settings"]["sun_after"] if scene.is_file() else (None, None)
+    )
+    ch = {"band": -1, "y": chunk, "x": chunk}
+    after_c, before_c = after.chunk(ch), before.chunk(ch)
+    with dask.config.set(scheduler="synchronous"):
+        tracemalloc.start()
+        t0 = time.process_time()
+        found = detect_craters(
+            after_c, before_c, sun_azimuth_deg=az, sun_elevation_deg=el, footprints=foot
+        )
+        cpu = time.process_time() - t0
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return {
+        "pair": str(pair),
+        "chunk": chunk,
+        "cpu_s": round(cpu, 2),
+        "peak_MB": round(peak / 2**20, 1),
+        "detections": len(found),
+    }
+
+
 def summarise(results: list[dict[str, Any]], mode: str) -> dict[str, float]:
     tp = sum(r[mode]["tp"] for r in results)
     n_det = sum(r[mode]["n_det"] for r in results)
@@ -223,7 +268,12 @@ def main(argv: list[str] | None = None) -> int:
         help="override a CraterParams field (Python literal), e.g. min_prominence=1.0",
     )
     ap.add_argument("--json", type=Path, default=None, help="write the per-site results here")
+    ap.add_argument("--memory-pair", type=Path, default=None, help="measure the working set")
+    ap.add_argument("--chunk", type=int, default=1024, help="chunk size for --memory-pair")
     args = ap.parse_args(argv)
+    if args.memory_pair is not None:
+        print(json.dumps(tile_memory(args.memory_pair, args.chunk)))
+        return 0
     import ast
     from functools import partial
 

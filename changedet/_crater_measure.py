@@ -129,16 +129,80 @@ def refine(win: np.ndarray, r0: float, iterations: int = 2) -> tuple[float, floa
 _RAY_SAMPLES = 44
 
 
+#: Candidates refined together: bounds :func:`refine_all`'s ``(candidate, ray, ρ)`` arrays
+#: (under 1 MB each) whatever the number of candidates in a tile.
+REFINE_BATCH = 64
+
+
 def refine_all(
-    lum: np.ndarray, rows: np.ndarray, cols: np.ndarray, r0: np.ndarray, iterations: int = 2
+    lum: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    r0: np.ndarray,
+    iterations: int = 2,
+    batch: int = REFINE_BATCH,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`refine` for many candidates at once (``lum`` NaN-free; integer centres).
 
-    Every candidate's rays are sampled in one :func:`scipy.ndimage.map_coordinates` call on
-    the tile, at ``ρ = R · (0.2 … 2)`` in steps of ``R / 24``, smoothed and differentiated as
+    Every candidate's rays are sampled bilinearly on the tile (:func:`_bilinear`), at ``ρ = R · (0.2 … 2)`` in steps of ``R / 24``, smoothed and differentiated as
     one ``(candidate, ray, ρ)`` array; the weighted least-squares circle fits are solved as
-    a batch of 3 × 3 normal equations. Returns ``(dy, dx, radius_px)`` arrays.
+    a batch of 3 × 3 normal equations. Candidates are processed ``batch`` at a time (memory
+    bounded; each candidate's numbers do not depend on the others). Returns
+    ``(dy, dx, radius_px)`` arrays.
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[0:64, 0:64]
+    >>> rho = np.hypot(yy - 32.4, xx - 31.7)
+    >>> lum = np.where(rho < 8, 0.2, 1.0)
+    >>> dy, dx, r = refine_all(lum, np.array([32]), np.array([32]), np.array([7.0]))
+    >>> round(float(dy[0]), 1), round(float(dx[0]), 1), round(float(r[0]))
+    (0.4, -0.3, 8)
     """
+    rows, cols, r0 = np.asarray(rows), np.asarray(cols), np.asarray(r0, np.float64)
+    if len(rows) <= batch:
+        return _refine_batch(lum, rows, cols, r0, iterations)
+    parts = [
+        _refine_batch(lum, rows[i : i + batch], cols[i : i + batch], r0[i : i + batch], iterations)
+        for i in range(0, len(rows), batch)
+    ]
+    return tuple(np.concatenate(x) for x in zip(*parts, strict=True))  # type: ignore[return-value]
+
+
+def _bilinear(
+    img: np.ndarray, rows: np.ndarray, cols: np.ndarray, fy: np.ndarray, fx: np.ndarray
+) -> np.ndarray:
+    """Bilinear samples of ``img`` at ``(rows + fy, cols + fx)``, edge values beyond the edge.
+
+    ``rows``/``cols`` are each candidate's integer pixel, ``fy``/``fx`` ``(n, ...)`` offsets
+    from it. The interpolation weights come from the offsets alone, never from tile
+    coordinates (``1069.3`` and ``45.3`` do not share their rounding), so a candidate's samples
+    are the same whichever tile holds it; otherwise as ``map_coordinates(order=1,
+    mode="nearest")``.
+
+    Examples
+    --------
+    >>> img = np.arange(12.0).reshape(3, 4)
+    >>> _bilinear(img, np.array([1]), np.array([1]), np.array([[0.5]]), np.array([[0.25]]))
+    array([[7.25]])
+    """
+    ny, nx = img.shape
+    extra = (slice(None),) + (None,) * (fy.ndim - 1)
+    by, bx = np.floor(fy), np.floor(fx)
+    wy, wx = fy - by, fx - bx
+    y0 = rows[extra] + by.astype(np.int64)
+    x0 = cols[extra] + bx.astype(np.int64)
+    y0c, y1c = np.clip(y0, 0, ny - 1), np.clip(y0 + 1, 0, ny - 1)
+    x0c, x1c = np.clip(x0, 0, nx - 1), np.clip(x0 + 1, 0, nx - 1)
+    top = img[y0c, x0c] * (1 - wx) + img[y0c, x1c] * wx
+    bottom = img[y1c, x0c] * (1 - wx) + img[y1c, x1c] * wx
+    return top * (1 - wy) + bottom * wy
+
+
+def _refine_batch(
+    lum: np.ndarray, rows: np.ndarray, cols: np.ndarray, r0: np.ndarray, iterations: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`refine_all` for one batch of candidates."""
     n = len(rows)
     dy = np.zeros(n)
     dx = np.zeros(n)
@@ -152,15 +216,13 @@ def refine_all(
     ct, st = np.cos(theta), np.sin(theta)
     design = np.stack([np.ones(N_RAYS), ct, st], axis=1)  # (ray, 3)
     mid_u = 0.5 * (u[1:] + u[:-1])
-    cy = np.asarray(rows, np.float64)
-    cx = np.asarray(cols, np.float64)
+    cy = np.asarray(rows, np.int64)
+    cx = np.asarray(cols, np.int64)
     for it in range(iterations + 1):
         rho = r[:, None] * u[None]  # (n, s)
-        ys = cy[:, None, None] + dy[:, None, None] + st[None, :, None] * rho[:, None, :]
-        xs = cx[:, None, None] + dx[:, None, None] + ct[None, :, None] * rho[:, None, :]
-        vals = ndimage.map_coordinates(
-            lum, [ys.ravel(), xs.ravel()], order=1, mode="nearest"
-        ).reshape(n, N_RAYS, _RAY_SAMPLES)
+        fy = dy[:, None, None] + st[None, :, None] * rho[:, None, :]
+        fx = dx[:, None, None] + ct[None, :, None] * rho[:, None, :]
+        vals = _bilinear(lum, cy, cx, fy, fx)
         # radius from the azimuthal mean profile: steepest rise between 0.45 R and 1.7 R
         prof = ndimage.gaussian_filter1d(vals.mean(axis=1), smooth, axis=1, mode="nearest")
         grad = np.gradient(prof, du, axis=1)
@@ -317,26 +379,21 @@ def _groups(half: np.ndarray, budget: int = 1_500_000) -> list[np.ndarray]:
     return out
 
 
-def _windows(
-    padded: np.ndarray, pad: int, rows: np.ndarray, cols: np.ndarray, h: int
-) -> np.ndarray:
-    """``(n, 2h + 1, 2h + 1)`` windows of a NaN-padded tile (``pad`` px each side)."""
-    off = np.arange(-h, h + 1)
-    ri = (rows + pad)[:, None, None] + off[None, :, None]
-    ci = (cols + pad)[:, None, None] + off[None, None, :]
-    return padded[ri, ci]
+def _windows(arr: np.ndarray, rows: np.ndarray, cols: np.ndarray, h: int) -> np.ndarray:
+    """``(n, 2h + 1, 2h + 1)`` float64 windows of ``arr`` around ``(rows, cols)``, NaN outside.
 
-
-def _pad(
-    arr: np.ndarray, half: np.ndarray, rows: np.ndarray, cols: np.ndarray
-) -> tuple[np.ndarray, int]:
-    """``arr`` padded with NaN so that every candidate's window lies inside; and the pad."""
+    Gathered from the tile directly (no padded copy of the whole tile): the same values as
+    :func:`window` cuts, whatever the number of candidates.
+    """
     ny, nx = arr.shape
-    beyond = max(0, -int(rows.min()), -int(cols.min()), int(rows.max()) - ny + 1)
-    beyond = max(beyond, int(cols.max()) - nx + 1)
-    pad = int(half.max()) + beyond
-    padded = np.pad(np.asarray(arr, np.float64), pad, mode="constant", constant_values=np.nan)
-    return padded, pad
+    off = np.arange(-h, h + 1)
+    ri = rows[:, None, None] + off[None, :, None]
+    ci = cols[:, None, None] + off[None, None, :]
+    out = np.asarray(arr[np.clip(ri, 0, ny - 1), np.clip(ci, 0, nx - 1)], np.float64)
+    outside = (ri < 0) | (ri >= ny) | (ci < 0) | (ci >= nx)
+    if outside.any():
+        out[np.broadcast_to(outside, out.shape)] = np.nan
+    return out
 
 
 def _polar(h: int, dy: np.ndarray, dx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -449,10 +506,9 @@ def measure_all(
     cols = np.asarray(cols, np.int64)
     r = np.asarray(r, np.float64)
     half = np.ceil(WINDOW_RADII * r).astype(np.int64) + 2
-    padded, pad = _pad(lum, half, rows, cols)
     for idx in _groups(half):
         h = int(half[idx[0]])
-        win = _windows(padded, pad, rows[idx], cols[idx], h)
+        win = _windows(lum, rows[idx], cols[idx], h)
         rr = r[idx][:, None, None]
         y, x, rho = _polar(h, dy[idx], dx[idx])
         m = len(idx)
@@ -556,10 +612,13 @@ def annulus_means(
     dx: np.ndarray,
     r_in: np.ndarray,
     r_out: np.ndarray,
+    minus: np.ndarray | None = None,
 ) -> np.ndarray:
     """Mean of the finite values of ``arr`` with ``r_in <= ρ < r_out`` px of each centre.
 
-    Centres are integer tile pixels plus sub-pixel offsets; NaN where no value is finite.
+    Centres are integer tile pixels plus sub-pixel offsets; NaN where no value is finite. With
+    ``minus`` (an array like ``arr``), the mean of ``|arr − minus|`` instead, computed in the
+    windows only (no difference image of the whole tile).
 
     Examples
     --------
@@ -577,10 +636,11 @@ def annulus_means(
     r_in = np.broadcast_to(np.asarray(r_in, np.float64), (n,))
     r_out = np.broadcast_to(np.asarray(r_out, np.float64), (n,))
     half = np.ceil(r_out).astype(np.int64) + 2
-    padded, pad = _pad(arr, half, rows, cols)
     for idx in _groups(half):
         h = int(half[idx[0]])
-        win = _windows(padded, pad, rows[idx], cols[idx], h)
+        win = _windows(arr, rows[idx], cols[idx], h)
+        if minus is not None:
+            win = np.abs(win - _windows(minus, rows[idx], cols[idx], h))
         _, _, rho = _polar(h, dy[idx], dx[idx])
         mask = (rho >= r_in[idx][:, None, None]) & (rho < r_out[idx][:, None, None])
         res[idx] = _masked_mean(win, mask)

@@ -62,6 +62,16 @@ def block_mean(img: np.ndarray, f: int) -> np.ndarray:
     return img.reshape(img.shape[0] // f, f, img.shape[1] // f, f).mean(axis=(1, 3))
 
 
+#: Rows of the tile filtered at a time by :func:`local_stats` (bounds its working set).
+_STRIP_ROWS = 128
+
+
+def _mirror(q: np.ndarray, n: int) -> np.ndarray:
+    """Row indices ``q`` (any integers) mirrored into ``[0, n)`` as ``np.pad(..., "symmetric")``."""
+    q = np.mod(q, 2 * n)
+    return np.where(q >= n, 2 * n - 1 - q, q)
+
+
 def local_stats(
     img: np.ndarray, iy: np.ndarray, ix: np.ndarray, sigma: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -82,17 +92,27 @@ def local_stats(
     w = int(LOCAL_TRUNCATE * sigma + 0.5)  # scipy's kernel radius
     k = np.exp(-0.5 * (np.arange(-w, w + 1) / sigma) ** 2)
     k /= k.sum()
-    # along x on the whole tile (one pass each), then along y at the points only
-    img = np.asarray(img, np.float64)
-    rows_m = np.pad(
-        ndimage.correlate1d(img, k, axis=1, mode="reflect"), ((w, w), (0, 0)), "symmetric"
-    )
-    rows_s = np.pad(
-        ndimage.correlate1d(img * img, k, axis=1, mode="reflect"), ((w, w), (0, 0)), "symmetric"
-    )
-    yy = iy[:, None] + np.arange(2 * w + 1)[None, :]
-    mean = rows_m[yy, ix[:, None]] @ k
-    sq = rows_s[yy, ix[:, None]] @ k
+    img = np.asarray(img)
+    ny = img.shape[0]
+    iy, ix = np.asarray(iy, np.int64), np.asarray(ix, np.int64)
+    mean = np.empty(len(iy))
+    sq = np.empty(len(iy))
+    # along x on the rows the points need (one pass each, a strip of rows at a time: bounded
+    # memory), then along y at the points only; rows beyond the edge are mirrored (scipy's
+    # "reflect", numpy's "symmetric")
+    strip = iy // _STRIP_ROWS
+    for b in np.unique(strip):
+        idx = np.nonzero(strip == b)[0]
+        top = int(b) * _STRIP_ROWS
+        strip_end = top + _STRIP_ROWS
+        src = _mirror(np.arange(top - w, min(strip_end, ny) + w), ny)
+        block = np.asarray(img[src], np.float64)
+        rows_m = ndimage.correlate1d(block, k, axis=1, mode="reflect")
+        rows_s = ndimage.correlate1d(block * block, k, axis=1, mode="reflect")
+        yy = (iy[idx] - top)[:, None] + np.arange(2 * w + 1)[None, :]
+        # einsum, not BLAS: a point's sum must not depend on how many points share the strip
+        mean[idx] = np.einsum("pj,j->p", rows_m[yy, ix[idx, None]], k)
+        sq[idx] = np.einsum("pj,j->p", rows_s[yy, ix[idx, None]], k)
     return mean, sq - mean * mean
 
 

@@ -54,9 +54,12 @@ Large scenes are processed tile by tile (Dask chunks, or ``tile_px`` tiles of an
 array) with a halo derived from ``max_diameter_m`` and the ground sample distance; a detection
 is kept only by the tile whose core holds its centre, and every measurement is made relative to
 a scene pixel, so the result does not depend on the tiling and a crater on a seam is found once.
-Within a tile, all candidates are refined and measured together, as arrays
-(:func:`changedet._crater_measure.refine_all`, :func:`changedet._crater_measure.measure_all`);
-each is still measured in its own window, so the numbers are those of one-at-a-time measurement.
+Within a tile, candidates are refined and measured together, as arrays in batches of bounded
+size (:func:`changedet._crater_measure.refine_all`, :func:`changedet._crater_measure.measure_all`),
+so a tile's working set does not grow with the number of candidates; each is still measured in
+its own window, with interpolation weights taken from offsets to its own pixel, so the numbers are
+those of one-at-a-time measurement whichever tile holds it. The newness checks against the before
+image live in :mod:`changedet._crater_newness`.
 
 Examples
 --------
@@ -88,12 +91,10 @@ from changedet._crater_measure import (
     WINDOW_RADII,
     annulus_means,
     measure_all,
-    ramp,
     ramps,
     refine_all,
-    rings,
-    window,
 )
+from changedet._crater_newness import persistence
 from changedet._crater_scale import LOCAL_TRUNCATE, TRUNCATE, Scales, make_scales, suppress
 from changedet.change import gsd_of
 from changedet.errors import BandMismatchError, ChangedetError
@@ -319,40 +320,6 @@ def _blue_share(raster: xr.DataArray, bands: tuple[int, int, int]) -> xr.DataArr
     return b / total.where(total > 0)
 
 
-def _disc_mean(arr: np.ndarray, row: int, col: int, dy: float, dx: float, radius: float) -> float:
-    """Mean of the finite values of ``arr`` within ``radius`` px of ``(row + dy, col + dx)``."""
-    half = math.ceil(radius) + 2
-    win = window(arr, row, col, half)
-    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
-    vals = win[np.hypot(yy - dy, xx - dx) < radius]
-    vals = vals[np.isfinite(vals)]
-    return float(vals.mean()) if vals.size else math.nan
-
-
-def _similarity(
-    wa: np.ndarray, wb: np.ndarray, dy: float, dx: float, oy: float, ox: float, radius: float
-) -> float:
-    """Correlation of the after window ``wa`` with ``wb`` shifted by ``(oy, ox)`` within ``2 R``.
-
-    ``wa`` and ``wb`` are windows centred on the same pixel (``wb`` may be larger); the crater
-    centre is at ``(dy, dx)`` from it. NaN-free pixels only; 0 when too few or flat.
-    """
-    from scipy import ndimage
-
-    ha, hb = (wa.shape[0] - 1) // 2, (wb.shape[0] - 1) // 2
-    yy, xx = np.mgrid[-ha : ha + 1, -ha : ha + 1].astype(np.float64)
-    disc = np.hypot(yy - dy, xx - dx) < 2.0 * radius
-    a = wa[disc]
-    coords = [yy[disc] + oy + hb, xx[disc] + ox + hb]
-    b = ndimage.map_coordinates(wb, coords, order=1, mode="constant", cval=np.nan)
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 8:
-        return 0.0
-    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
-    den = math.sqrt(float(a @ a) * float(b @ b))
-    return float(a @ b) / den if den > 0 else 0.0
-
-
 def _range_stats(lum: xr.DataArray) -> tuple[float, float, float]:
     """``(p2, range, median)`` of a regular sample (the same for any chunking)."""
     ny, nx = lum.shape
@@ -373,54 +340,6 @@ def _tiles(n: int, chunks: tuple[int, ...] | None, tile: int) -> list[tuple[int,
     sizes = chunks if chunks is not None else [tile] * math.ceil(n / tile)
     edges = np.concatenate([[0], np.cumsum(sizes)])
     return [(int(a), int(min(b, n))) for a, b in itertools.pairwise(edges) if a < n]
-
-
-def _persistence(
-    lum: np.ndarray,
-    lum_b: np.ndarray,
-    green_b: np.ndarray | None,
-    row: int,
-    col: int,
-    dy: float,
-    dx: float,
-    radius: float,
-    depth: float,
-    change_mean: float,
-    has_change: bool,
-    p: CraterParams,
-) -> dict[str, Any]:
-    """``persistence``, ``new`` and ``newness_verified`` of one detection (see the module doc).
-
-    The darkest matching bowl near the same place in the before image: residual
-    misregistration and shadows that moved with the sun must not make a blob "new".
-    """
-    half = math.ceil(WINDOW_RADII * radius) + 2
-    reach_b = max(1.0, p.persistence_search * radius)
-    wb = window(lum_b, row, col, half + math.ceil(reach_b))
-    wa = window(lum, row, col, half)
-    depths = []
-    for oy, ox in itertools.product((-reach_b, 0.0, reach_b), repeat=2):
-        st = rings(wb, dy + oy, dx + ox, radius, None)
-        if st["valid"] >= p.min_valid and np.isfinite(st["depth"]):
-            # an enclosed dark blob, not the side of a road or a roof edge; and not a green
-            # one: a tree crown or bush that the blast removed is no older crater
-            weight = ramp(st["enclosure"], *p.enclosure_ramp)
-            if green_b is not None:
-                g_b = _disc_mean(green_b, row, col, dy + oy, dx + ox, 0.75 * radius)
-                if np.isfinite(g_b):
-                    weight *= 1 - ramp(g_b, *p.vegetation_ramp)
-            # and the same thing: an older crater looks as it does now (bowl, rim and ejecta
-            # in place), while a dark road crossing or a building's shadow where a crater now
-            # lies does not resemble it
-            weight *= max(_similarity(wa, wb, dy, dx, oy, ox, radius), 0.0)
-            depths.append(st["depth"] * weight)
-    if not depths:
-        return {}
-    persistence = max(max(depths), 0.0) / depth
-    new = persistence < p.max_persistence
-    if has_change:
-        new = new and bool(change_mean >= p.min_change_score)
-    return {"persistence": persistence, "new": bool(new), "newness_verified": True}
 
 
 def _detect_tile(
@@ -469,6 +388,7 @@ def _detect_tile(
     # block centres are integers or .5: floor is stable
     irow, icol = np.floor(cand[:, 0]).astype(int), np.floor(cand[:, 1]).astype(int)
     ref_dy, ref_dx, ref_r = refine_all(filled, irow, icol, cand[:, 2])
+    del filled  # the tile's working set: keep only what the measurements read
     # re-centre on the refined integer pixel so the measurement is position independent
     row2, col2 = irow + np.round(ref_dy).astype(int), icol + np.round(ref_dx).astype(int)
     dy2, dx2 = ref_dy - np.round(ref_dy), ref_dx - np.round(ref_dx)
@@ -536,12 +456,12 @@ def _detect_tile(
     if lum_b is not None and len(at):
         # how much the surroundings changed (ejecta, a broken roof): |after - before| around
         surround[at] = annulus_means(
-            np.abs(lum - lum_b), row2[at], col2[at], dy2[at], dx2[at], 1.15 * rad[at], 3.0 * rad[at]
+            lum, row2[at], col2[at], dy2[at], dx2[at], 1.15 * rad[at], 3.0 * rad[at], minus=lum_b
         )
     change_mean = np.full(len(sel), np.nan)
     if change is not None and len(at):
         change_mean[at] = annulus_means(
-            np.asarray(change, np.float64), row2[at], col2[at], dy2[at], dx2[at], 0.0, 1.5 * rad[at]
+            np.asarray(change), row2[at], col2[at], dy2[at], dx2[at], 0.0, 1.5 * rad[at]
         )
     found = []
     for k in at:
@@ -571,7 +491,7 @@ def _detect_tile(
         }
         if lum_b is not None:
             rec.update(
-                _persistence(
+                persistence(
                     lum,
                     lum_b,
                     green_b,
