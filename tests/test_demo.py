@@ -1,0 +1,118 @@
+"""`make demo` on the shipped sample tiles: full output folders whose facility tables match the
+ground truth, and whose figures list every true crater near a facility, except two known misses
+of the crater detector (listed with their reasons below)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import geopandas as gpd
+import pytest
+
+from changedet.demo import find_sites, run_demo
+from changedet.evaluate import DAMAGED, match_craters
+from changedet.report import facility_craters
+from tests.conftest import SAMPLE_TILES
+
+RINGS = (50, 100, 250)
+
+# Known misses of the crater detector on the sample tiles, each with why (benchmarks/RESULTS.md,
+# "Crater detection"). The tests below fail on any other mismatch, and also when one of these is
+# fixed (then delete it here): the list can only be what the detector really does.
+KNOWN_MISSED_CRATERS = {
+    # 2.5 m crater on a road, ~5 px across: found as a candidate but measured at 1.9 m with
+    # roundness 0.62 and weak shading (score 0.35 < 0.5); looser rules admit 2 m rubble gaps.
+    "site_03/F03: true crater C0003 (2.5 m) not detected",
+    # 7.4 m crater inside a collapsed building: blob prominence 0.94-0.99 against the rubble
+    # around it (threshold 1.1); a lower threshold triples false craters on the tune split.
+    "site_03/F03: true crater C0006 (7.4 m) not detected",
+}
+# the same two craters, as the facility table counts them (both 100-250 m from F03)
+KNOWN_TABLE_MISMATCHES = {"site_03/F03 craters_within_250m: 5 found, 7 true"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("demo")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        run_demo(SAMPLE_TILES, out)
+    return out, printed.getvalue()
+
+
+def _truth_facilities(site: Path) -> list[dict]:
+    return json.loads((site / "truth" / "scene.json").read_text())["facilities"]
+
+
+@pytest.mark.slow
+def test_run_demo__full_output_folder_and_report_path_per_site(demo: tuple[Path, str]) -> None:
+    out, printed = demo
+    for site in find_sites(SAMPLE_TILES):
+        folder = out / site.name
+        for name in ("report.html", "results.gpkg", "manifest.json", "run.log"):
+            assert (folder / name).is_file(), name
+        assert f"report: {(folder / 'report.html').resolve()}" in printed
+        facilities = gpd.read_file(site / "facilities.geojson")
+        for fid in facilities["id"]:
+            assert (folder / "figures" / f"facility_{fid}.png").is_file()
+
+
+@pytest.mark.slow
+def test_run_demo__facility_table_matches_truth(demo: tuple[Path, str]) -> None:
+    out, _ = demo
+    mismatches = []
+    for site in find_sites(SAMPLE_TILES):
+        table = gpd.read_file(out / site.name / "facilities.geojson").set_index("id")
+        for truth in _truth_facilities(site):
+            row = table.loc[truth["id"]]
+            where = f"{site.name}/{truth['id']}"
+            assert bool(row["in_scene"]) and bool(row["assessable"]), where
+            for r in RINGS:
+                key = f"craters_within_{r}m"
+                if int(row[key]) != int(truth[key]):
+                    mismatches.append(f"{where} {key}: {int(row[key])} found, {truth[key]} true")
+            found = row["damage_class"] in DAMAGED
+            if found != (truth["damage"] in DAMAGED):
+                mismatches.append(
+                    f"{where} damage: {row['damage_class']} found, {truth['damage']} true"
+                )
+    assert set(mismatches) == KNOWN_TABLE_MISMATCHES, "; ".join(mismatches)
+
+
+@pytest.mark.slow
+def test_run_demo__figures_list_every_true_crater_near_a_facility(
+    demo: tuple[Path, str],
+) -> None:
+    out, _ = demo
+    missing = []
+    for site in find_sites(SAMPLE_TILES):
+        folder = out / site.name
+        craters = gpd.read_file(folder / "results.gpkg", layer="craters")
+        facilities = gpd.read_file(folder / "results.gpkg", layer="facilities")
+        new = craters[craters["new"].astype(str).str.lower() == "true"].reset_index(drop=True)
+        truth = gpd.read_file(site / "truth" / "craters.geojson").to_crs(craters.crs)
+        matched = {t: int(new["id"].iloc[d]) for d, t, _ in match_craters(new, truth)}
+        page = (folder / "report.html").read_text()
+        for _, fac in facilities.iterrows():
+            listed = facility_craters(fac.geometry, craters, RINGS)
+            block = re.search(
+                rf'<table class="facility-craters" data-facility="{re.escape(fac["id"])}">'
+                r"(.*?)</table>",
+                page,
+                re.S,
+            )
+            assert block, f"{site.name}/{fac['id']}: no crater table in report.html"
+            in_page = {int(v) for v in re.findall(r"<tr><td class=\"num\">(\d+)</td>", block[1])}
+            assert in_page == {int(v) for v in listed["id"]}
+            near = truth.geometry.distance(fac.geometry) <= max(RINGS)
+            for t in truth.index[near]:
+                label = f"{site.name}/{fac['id']}: true crater {truth.loc[t, 'id']}"
+                if t not in matched:
+                    missing.append(f"{label} ({truth.loc[t, 'diameter_m']:.1f} m) not detected")
+                elif matched[t] not in in_page:
+                    missing.append(f"{label} detected as {matched[t]} but not listed")
+    assert set(missing) == KNOWN_MISSED_CRATERS, "; ".join(missing)
