@@ -297,27 +297,18 @@ def _run_pair(
             footprints=fp,
         )
     with _stage("damage", timings), _progress(progress):
-        if fp is not None:
-            damage_gdf = damage.assess_damage(
-                scores["score"],
-                fp,
-                threshold=thr,
-                not_assessable=na,
-                params=cfg.damage,
-                before=before_da,
-                after=after_n,
-                value_range=value_range,
-            )
+        evidence: dict[str, Any] = {
+            "threshold": thr,
+            "not_assessable": na,
+            "params": cfg.damage,
+            "before": before_da,
+            "after": after_n,
+            "value_range": value_range,
+        }
+        if fp is not None:  # per building footprint, else per connected damaged region
+            damage_gdf = damage.assess_damage(scores["score"], fp, **evidence)
         else:
-            damage_gdf = damage.damaged_regions(
-                scores["score"],
-                threshold=thr,
-                not_assessable=na,
-                params=cfg.damage,
-                before=before_da,
-                after=after_n,
-                value_range=value_range,
-            )
+            damage_gdf = damage.damaged_regions(scores["score"], **evidence)
     fac_scores = None
     if fac is not None:
         with _stage("facilities", timings), _progress(progress):
