@@ -846,6 +846,18 @@ def run_batch(
                 bar.update(spec.id, result["status"])
 
         with _client(scheduler, workers) as client:
+            if progress:
+                link = getattr(client, "dashboard_link", None)
+                where = (
+                    scheduler
+                    or f"a local cluster of {len(client.scheduler_info()['workers'])} worker(s)"
+                )
+                print(
+                    f"changedet batch: running on {where}"
+                    + (f"; Dask dashboard: {link}" if link else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
             big = {
                 s.id
                 for s in specs

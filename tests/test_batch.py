@@ -258,6 +258,17 @@ def test_pair_is_done__detects_changed_output(
     assert not pair_is_done(tmp_path / "beta", spec, Config())
 
 
+def test_run_batch__says_where_it_runs_with_the_dashboard_link(
+    tmp_path: Path, local_batch: Path, tiles: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(local_batch, tmp_path / "out")
+    record = run_batch(tiles, tmp_path / "out", workers=1, progress=True)
+    statuses = [p["status"] for p in record["pairs"].values()]
+    assert "skipped" in statuses and "done" not in statuses  # resumed (the bad pair fails again)
+    err = capsys.readouterr().err
+    assert "running on a local cluster of 1 worker(s); Dask dashboard: http" in err
+
+
 # ---------------------------------------------------------------------------- chunk-parallel
 
 
