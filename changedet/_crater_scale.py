@@ -20,7 +20,7 @@ from scipy import ndimage
 _SIGMA_BASE = 1.6
 #: Gaussian kernels are cut at this many standard deviations.
 TRUNCATE = 3.5
-#: The local-texture window (σ = 2 r) is cut shorter.
+#: The local-texture windows (σ = r and 2 r) are cut shorter.
 LOCAL_TRUNCATE = 2.5
 
 
@@ -61,6 +61,9 @@ def block_mean(img: np.ndarray, f: int) -> np.ndarray:
         img = np.pad(img, ((0, py), (0, px)), mode="edge")
     return img.reshape(img.shape[0] // f, f, img.shape[1] // f, f).mean(axis=(1, 3))
 
+
+#: Least radius (px) of a blob that may pass the prominence test in the near window (σ = r).
+_MIN_NEAR_RADIUS_PX = 3.0
 
 #: Rows of the tile filtered at a time by :func:`local_stats` (bounds its working set).
 _STRIP_ROWS = 128
@@ -132,7 +135,9 @@ def find_candidates(
         Least normalised LoG response (same units as ``lum``) of a candidate.
     min_prominence
         Least ratio of the response to the local standard deviation of ``lum`` in a Gaussian
-        window of ``2 r``: a blob must stand out from the texture around it.
+        window of ``2 r`` or, for ``r >= 3`` px, of ``r`` (cut at ``2.5 r``: its own rim and
+        ejecta apron), the smaller of the two: a blob must stand out from the texture around
+        it, and a building or shadow in only one of the windows does not hide it.
 
     Returns
     -------
@@ -156,9 +161,18 @@ def find_candidates(
         iy, ix = np.nonzero((resp == peak) & (resp >= min_response))
         if len(iy) == 0:
             continue
+        # texture of the wider neighbourhood (σ = 2 r) or, where that fails, of the crater's
+        # own surroundings (σ = r, cut at 2.5 r: bowl, rim and ejecta apron): the calmer one
+        # decides, so a building, edge or shadow beyond the apron does not hide a crater, nor
+        # one at its rim. Not for blobs under 3 px, whose bowl the texture and roundness tests
+        # (which reject the clutter this lets through) cannot judge.
         mean, var = local_stats(small, iy, ix, 2 * r / f)
-        sd = np.sqrt(np.maximum(var, 0.0)) + 0.005
-        ok = resp[iy, ix] >= min_prominence * sd
+        ok = resp[iy, ix] >= min_prominence * (np.sqrt(np.maximum(var, 0.0)) + 0.005)
+        near = np.nonzero(~ok)[0] if r >= _MIN_NEAR_RADIUS_PX else np.empty(0, np.int64)
+        _, var_near = local_stats(small, iy[near], ix[near], r / f)
+        ok[near] = resp[iy[near], ix[near]] >= min_prominence * (
+            np.sqrt(np.maximum(var_near, 0.0)) + 0.005
+        )
         iy, ix, local_mean = iy[ok], ix[ok], mean[ok]
         if len(iy) == 0:
             continue

@@ -8,7 +8,8 @@ How a crater looks in 0.3–1 m imagery, and the measurement that tests each tra
   dark interior, as a share of the scene's luminance range; ``weber``: the same as a share of
   the ring's brightness; ``snr``, the same over the background's standard deviation, is
   reported only: in built-up areas that deviation measures streets and roofs, not noise);
-  blobs must stand out from the texture around them (``min_prominence``);
+  blobs must stand out from the texture around them, within ~2.5 or ~5 radii, whichever is
+  calmer (``min_prominence``);
 * **round, enclosed by a bright rim** — the dark-to-bright rim edge is found along 32 rays; a
   least-squares circle through the edges gives the centre, and the steepest dark-to-bright
   rise of the azimuthally averaged profile (corrected for blur) gives the radius
@@ -151,8 +152,10 @@ class CraterParams:
         the measurements decide.
     min_prominence
         Least ratio of a candidate's LoG response to the standard deviation of the luminance in
-        a Gaussian window of twice its radius: the dark blob must stand out from the texture
-        around it (an isolated crater reaches 1.5–2.5, background texture rarely exceeds 1).
+        a Gaussian window of twice its radius or, for radii of at least 3 px, of σ = its radius
+        (cut at 2.5 radii: bowl, rim and ejecta apron), whichever is smaller: the dark blob must stand out from the texture
+        around it, and a building, edge or shadow that reaches only one of the two windows
+        does not make a crater "not prominent".
     contrast_ramp
         Ring-minus-interior darkness (share of the scene range). A fresh crater is typically
         0.1–0.4 of the range darker than its ejecta.
