@@ -262,13 +262,15 @@ def _pair(kind: str, shape: tuple[int, int] = (120, 130)) -> tuple[xr.DataArray,
         pile = np.zeros(shape, bool)
         pile[26:74, 26:74] = True  # 2 m beyond the walls
         after = np.where(pile, debris, after)
-    elif kind == "big_hole":
+    elif kind in ("hole", "big_hole"):
+        # a dark hole (void) inside a disc of debris: (centre px, debris radius m, void radius m)
+        centre, r_debris, r_void = (50.0, 2.5, 1.25) if kind == "hole" else (49.5, 6.5, 3.0)
         yy, xx = np.mgrid[:ny, :nx]
-        dist_m = np.hypot(yy - 49.5, xx - 49.5) * GSD
+        dist_m = np.hypot(yy - centre, xx - centre) * GSD
         blocks = rng.uniform(0.45, 1.3, (ny // 2 + 1, nx // 2 + 1))
         debris = 140.0 * np.kron(blocks, np.ones((2, 2)))[:ny, :nx] + np.zeros((3, 1, 1))
-        after = np.where(dist_m < 6.5, debris, after)
-        after = np.where(dist_m < 3.0, 30.0, after)
+        after = np.where(dist_m < r_debris, debris, after)
+        after = np.where(dist_m < r_void, 30.0, after)
     elif kind == "shift":
         after = np.stack([ndimage.shift(b, (0.2, -0.2), order=3, mode="nearest") for b in before])
     elif kind == "roof_object":
@@ -279,13 +281,6 @@ def _pair(kind: str, shape: tuple[int, int] = (120, 130)) -> tuple[xr.DataArray,
         after[:, 44:48, 41:48] *= factor  # long shadow to the left (low sun in the east)
         before[:, 44:48, 48:52] = tank
         after[:, 44:48, 48:52] = tank
-    elif kind == "hole":
-        yy, xx = np.mgrid[:ny, :nx]
-        dist_m = np.hypot(yy - 50, xx - 50) * GSD
-        blocks = rng.uniform(0.45, 1.3, (ny // 2 + 1, nx // 2 + 1))
-        debris = 140.0 * np.kron(blocks, np.ones((2, 2)))[:ny, :nx] + np.zeros((3, 1, 1))
-        after = np.where(dist_m < 2.5, debris, after)
-        after = np.where(dist_m < 1.25, 30.0, after)
     noise = rng.normal(0, 1.5, (2, 3, ny, nx))
     x0, y_top = 500_000.0, 4_000_000.0
     coords = {
