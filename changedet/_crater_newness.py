@@ -1,7 +1,8 @@
 """Is a crater new? The before image measured at the same place (for :mod:`changedet.craters`).
 
 An older crater is an enclosed dark bowl in the before image too, not green (vegetation the
-blast removed is no older crater), and resembles the after image (the correlation of the two
+blast removed is no older crater), not bluer than the ground around it (a building's or tree's
+cast shadow, lit by the sky only, where the crater now lies is no older crater), and resembles the after image (the correlation of the two
 within 2 R: a dark road crossing or a building's shadow where a crater now lies does not). The
 before image is searched at the same radius on a 3 × 3 grid of offsets (``persistence_search``),
 so residual misregistration or a shadow that moved with the sun does not read as new.
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import ndimage
 
-from changedet._crater_measure import WINDOW_RADII, ramp, rings, window
+from changedet._crater_measure import WINDOW_RADII, annulus_means, ramp, rings, window
 
 if TYPE_CHECKING:
     from changedet.craters import CraterParams
@@ -38,6 +39,14 @@ def disc_mean(arr: np.ndarray, row: int, col: int, dy: float, dx: float, radius:
     vals = win[np.hypot(yy - dy, xx - dx) < radius]
     vals = vals[np.isfinite(vals)]
     return float(vals.mean()) if vals.size else math.nan
+
+
+def _blue_shift(blue: np.ndarray, row: int, col: int, dy: float, dx: float, radius: float) -> float:
+    """Blue chromaticity of the bowl (``ρ < 0.75 R``) minus the ring's (``1.15–2 R``)."""
+    at = (np.array([row]), np.array([col]), np.array([dy]), np.array([dx]))
+    bowl = annulus_means(blue, *at, np.zeros(1), np.array([0.75 * radius]))
+    ring = annulus_means(blue, *at, np.array([1.15 * radius]), np.array([2.0 * radius]))
+    return float(bowl[0] - ring[0])
 
 
 def similarity(
@@ -72,6 +81,7 @@ def persistence(
     lum: np.ndarray,
     lum_b: np.ndarray,
     green_b: np.ndarray | None,
+    blue_b: np.ndarray | None,
     row: int,
     col: int,
     dy: float,
@@ -93,12 +103,12 @@ def persistence(
     >>> yy, xx = np.mgrid[0:80, 0:80]
     >>> rho = np.hypot(yy - 40, xx - 40)
     >>> after = 1.0 - 0.5 * (rho < 6) + 0.3 * ((rho >= 7) & (rho < 12))
-    >>> same = persistence(after, after, None, 40, 40, 0.0, 0.0, 7.0, 0.6, 0.0, False,
+    >>> same = persistence(after, after, None, None, 40, 40, 0.0, 0.0, 7.0, 0.6, 0.0, False,
     ...                    CraterParams())
     >>> same["new"], same["newness_verified"]  # the crater was there before: not new
     (False, True)
-    >>> flat = persistence(after, np.ones_like(after), None, 40, 40, 0.0, 0.0, 7.0, 0.6, 0.0,
-    ...                    False, CraterParams())
+    >>> flat = persistence(after, np.ones_like(after), None, None, 40, 40, 0.0, 0.0, 7.0, 0.6,
+    ...                    0.0, False, CraterParams())
     >>> flat["new"]
     True
     """
@@ -117,6 +127,12 @@ def persistence(
                 g_b = disc_mean(green_b, row, col, dy + oy, dx + ox, 0.75 * radius)
                 if np.isfinite(g_b):
                     weight *= 1 - ramp(g_b, *p.vegetation_ramp)
+            if blue_b is not None:
+                # and not a cast shadow: lit by the sky only, it is bluer than the sunlit
+                # ground around it, while an older crater's bowl is sunlit soil
+                b_b = _blue_shift(blue_b, row, col, dy + oy, dx + ox, radius)
+                if np.isfinite(b_b):
+                    weight *= 1 - ramp(b_b, *p.shadow_ramp)
             # and the same thing: an older crater looks as it does now (bowl, rim and ejecta
             # in place), while a dark road crossing or a building's shadow where a crater now
             # lies does not resemble it

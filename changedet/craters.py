@@ -24,7 +24,9 @@ How a crater looks in 0.3–1 m imagery, and the measurement that tests each tra
 * **ejecta** — a bright irregular blanket 1–2 radii around the rim: ``ejecta`` compares the ring
   ``1.15–2 R`` with the background ``2.3–3 R``; soft evidence (old, asphalt or rubble-covered
   craters show little), but a ring darker than the background (a tree's or wall's cast
-  shadow) counts against. A small dark blob within ``2.5 R`` of a crater at least
+  shadow) counts against, except inside a building footprint whose roof broke all round
+  (``surround_change``, with a before image): there ring and background both lie on rubble
+  and broken walls, with no ground to show a blanket against. A small dark blob within ``2.5 R`` of a crater at least
   ``blanket_size_ratio`` times its size is a block or gap in that crater's ejecta, not a crater;
 * **shaded like a depression** — with the sun azimuth given, the inner wall nearest the sun is
   in shadow and the far wall lit (a mound, tree or bush is the other way round; a flat cast
@@ -38,6 +40,7 @@ How a crater looks in 0.3–1 m imagery, and the measurement that tests each tra
   ``blueness``, the bowl's blue chromaticity minus the ring's, counts against;
 * **new** — with a before image, the same rings measured there at the same place: an older
   crater is an enclosed dark bowl there too, not green (vegetation the blast removed is no
+  older crater), not bluer than the ground around it (a cast shadow that lay there is no
   older crater) and *resembling the after image* (the correlation of the two within 2 R: a dark
   road crossing or a building's shadow where a crater now lies does not); when that weighted
   contrast is below ``max_persistence`` of the after contrast, the crater is ``new``; when a
@@ -86,6 +89,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import shapely
 import xarray as xr
 
 from changedet._crater_measure import (
@@ -181,6 +185,9 @@ class CraterParams:
         ``(ring − background) / (ring − interior)``: ejecta brighten the ring above the
         background (fresh craters: 0.1–0.3); a shadow cast by a tree or wall darkens it (< 0).
         Soft evidence: it scales the score by ``1 - ejecta_weight`` (none or negative) to 1.
+        Not held against a detection inside a building footprint whose surroundings changed
+        (with a before image: the penalty fades out along ``roof_change_ramp``), where the
+        ring and the background beyond it both lie on rubble and broken walls.
     shading_ramp
         Depression consistency when the sun azimuth *and elevation* are known, as shares of
         the dipole expected of a bowl, ``0.6 cos(elevation)`` (the horizontal part of the sun
@@ -221,7 +228,9 @@ class CraterParams:
         the sunlit ground around it (0.04–0.1 on soil); a crater's bowl is mostly sunlit,
         disturbed soil with a small shadowed wall (within ±0.02). Moved building, tree and car
         shadows are dark, round enough and new, but blue: the score is scaled by
-        ``1 - ramp(blueness)``. Needs the red, green and blue bands.
+        ``1 - ramp(blueness)``. In the before image the same test tells a shadow that lay where
+        the crater now is from an older crater: it does not count towards ``persistence``.
+        Needs the red, green and blue bands.
     rgb_bands
         Indices of the red, green and blue bands (0-based).
     roof_change_ramp
@@ -352,6 +361,7 @@ def _detect_tile(
     green_a: np.ndarray | None,
     green_b: np.ndarray | None,
     blue_a: np.ndarray | None,
+    blue_b: np.ndarray | None,
     *,
     origin: tuple[int, int],
     core: tuple[int, int, int, int],
@@ -363,6 +373,8 @@ def _detect_tile(
     sun_px: tuple[float, float] | None,
     expected_dipole: float | None,
     d_px: tuple[float, float],
+    roofs: np.ndarray | None = None,
+    geo: tuple[float, float, float, float] = (0.0, 1.0, 0.0, -1.0),
 ) -> list[dict[str, Any]]:
     """Detections of one tile whose centre lies in its core; global integer pixel + offsets."""
     from changedet._crater_scale import find_candidates
@@ -422,8 +434,33 @@ def _detect_tile(
         * ramps(m["enclosure"], *p.enclosure_ramp)
         * ramps(m["roundness"], *p.roundness_ramp)
         * (1 - ramps(texture, *p.texture_ramp))
-        * (1 - p.ejecta_weight + p.ejecta_weight * ramps(ejecta, *p.ejecta_ramp))
     )
+    ejecta_part = 1 - p.ejecta_weight + p.ejecta_weight * ramps(ejecta, *p.ejecta_ramp)
+    surround = np.full(len(sel), np.nan)
+    if lum_b is not None and roofs is not None and len(roofs):
+        # inside a building whose roof broke all round, the ring and the "background" beyond
+        # it both lie on rubble and broken walls: no ground to show an ejecta blanket against,
+        # so the (soft) ejecta evidence is not held against the crater there
+        cx = geo[0] + (col2 + c0g + dx2) * geo[1]
+        cy = geo[2] + (row2 + r0g + dy2) * geo[3]
+        inside = np.zeros(len(sel), bool)
+        hit = shapely.STRtree(roofs).query(shapely.points(cx, cy), predicate="within")[0]
+        inside[hit] = True
+        at = np.nonzero(inside & (ejecta_part < 1) & (score >= p.score_threshold))[0]
+        if len(at):
+            surround[at] = annulus_means(
+                lum,
+                row2[at],
+                col2[at],
+                dy2[at],
+                dx2[at],
+                1.15 * rad[at],
+                3.0 * rad[at],
+                minus=lum_b,
+            )
+            broken = ramps(surround[at], *p.roof_change_ramp)
+            ejecta_part[at] += (1 - ejecta_part[at]) * broken
+    score = score * ejecta_part
     if sun_px is not None:
         sh = m["shading"]
         if expected_dipole is not None:
@@ -455,11 +492,18 @@ def _detect_tile(
         )
     ok &= score >= p.score_threshold
     at = np.nonzero(ok)[0]
-    surround = np.full(len(sel), np.nan)
-    if lum_b is not None and len(at):
+    todo = at[~np.isfinite(surround[at])]  # not yet measured above
+    if lum_b is not None and len(todo):
         # how much the surroundings changed (ejecta, a broken roof): |after - before| around
-        surround[at] = annulus_means(
-            lum, row2[at], col2[at], dy2[at], dx2[at], 1.15 * rad[at], 3.0 * rad[at], minus=lum_b
+        surround[todo] = annulus_means(
+            lum,
+            row2[todo],
+            col2[todo],
+            dy2[todo],
+            dx2[todo],
+            1.15 * rad[todo],
+            3.0 * rad[todo],
+            minus=lum_b,
         )
     change_mean = np.full(len(sel), np.nan)
     if change is not None and len(at):
@@ -498,6 +542,7 @@ def _detect_tile(
                     lum,
                     lum_b,
                     green_b,
+                    blue_b,
                     int(row2[k]),
                     int(col2[k]),
                     float(dy2[k]),
@@ -542,17 +587,23 @@ def _in_blanket(circles: np.ndarray, kept: np.ndarray, ratio: float) -> np.ndarr
     return np.any(big & (d < 2.5 * c[None, :, 2]), axis=1)
 
 
-def _on_what(points: gpd.GeoSeries, footprints: Any) -> list[str]:
-    if footprints is None or len(points) == 0:
-        return ["ground"] * len(points)
+def _footprints(footprints: Any, crs: Any) -> gpd.GeoSeries | None:
+    """The footprint polygons in ``crs`` (a GeoDataFrame, GeoSeries or a path), or None."""
+    if footprints is None:
+        return None
     fp = (
         footprints
         if isinstance(footprints, gpd.GeoDataFrame | gpd.GeoSeries)
         else gpd.read_file(footprints)
     )
-    if fp.crs is not None and points.crs is not None and fp.crs != points.crs:
-        fp = fp.to_crs(points.crs)
-    geoms = gpd.GeoSeries(fp.geometry.values, crs=points.crs)
+    if fp.crs is not None and crs is not None and fp.crs != crs:
+        fp = fp.to_crs(crs)
+    return gpd.GeoSeries(fp.geometry.values, crs=crs)
+
+
+def _on_what(points: gpd.GeoSeries, geoms: gpd.GeoSeries | None) -> list[str]:
+    if geoms is None or len(points) == 0:
+        return ["ground"] * len(points)
     hit = gpd.GeoDataFrame(geometry=points.reset_index(drop=True)).sjoin(
         gpd.GeoDataFrame(geometry=geoms), how="left", predicate="within"
     )
@@ -665,6 +716,7 @@ def detect_craters(
     green_a = _greenness(after, params.rgb_bands)
     green_b = None if before is None else _greenness(before, params.rgb_bands)
     blue_a = _blue_share(after, params.rgb_bands)
+    blue_b = None if before is None else _blue_share(before, params.rgb_bands)
     change_map = change["score"] if isinstance(change, xr.Dataset) else change
     if change_map is not None and tuple(change_map.shape) != tuple(after_l.shape):
         raise ChangedetError(
@@ -715,6 +767,10 @@ def detect_craters(
         sy = math.copysign(1.0, _axis_step(np.asarray(after_l.y), -1.0))
         sun_px = (math.sin(az) * sx, math.cos(az) * sy)
 
+    xs, ys = np.asarray(after_l.x, np.float64), np.asarray(after_l.y, np.float64)
+    dx = _axis_step(xs, gsd)
+    dy = _axis_step(ys, -gsd)
+    roofs = _footprints(footprints, crs)
     ny, nx = after_l.shape
     lazy = not isinstance(after_l.data, np.ndarray)
     chunks = after_l.data.chunks if lazy else (None, None)
@@ -742,12 +798,20 @@ def detect_craters(
                 None if green_a is None else green_a.data[sl],
                 None if green_b is None else green_b.data[sl],
                 None if blue_a is None else blue_a.data[sl],
+                None if blue_b is None else blue_b.data[sl],
             ]
             tile_kw = {"origin": (sy0, sx0), "core": (ya, yb, xa, xb), **kw}
+            if roofs is not None and before_l is not None:
+                # the footprints that can hold a candidate of this tile
+                xb0, xb1 = xs[0] + (sl[1].start - 0.5) * dx, xs[0] + (sl[1].stop - 0.5) * dx
+                yb0, yb1 = ys[0] + (sl[0].start - 0.5) * dy, ys[0] + (sl[0].stop - 0.5) * dy
+                box = shapely.box(min(xb0, xb1), min(yb0, yb1), max(xb0, xb1), max(yb0, yb1))
+                tile_kw["roofs"] = roofs.values[roofs.sindex.query(box, predicate="intersects")]
+                tile_kw["geo"] = (float(xs[0]), dx, float(ys[0]), dy)
             tasks.append((args, tile_kw))
     lazy = lazy or any(
         x is not None and not isinstance(x.data, np.ndarray)
-        for x in (before_l, change_map, green_a, green_b, blue_a)
+        for x in (before_l, change_map, green_a, green_b, blue_a, blue_b)
     )
     if lazy:
         import dask
@@ -761,17 +825,12 @@ def detect_craters(
     if not rows:
         return _empty(crs)
 
-    xs, ys = np.asarray(after_l.x, np.float64), np.asarray(after_l.y, np.float64)
-    dx = _axis_step(xs, gsd)
-    dy = _axis_step(ys, -gsd)
     recs = pd.DataFrame(rows)
     recs["x"] = xs[0] + (recs["col"] + recs["dx"]) * dx
     recs["y"] = ys[0] + (recs["row"] + recs["dy"]) * dy
     recs["diameter_m"] = 2 * recs["radius_px"] * gsd
     recs = recs.sort_values(["y", "x"], kind="mergesort").reset_index(drop=True)
-    recs["on"] = _on_what(
-        gpd.GeoSeries(gpd.points_from_xy(recs["x"], recs["y"]), crs=crs), footprints
-    )
+    recs["on"] = _on_what(gpd.GeoSeries(gpd.points_from_xy(recs["x"], recs["y"]), crs=crs), roofs)
     # a dark blob inside a roof whose surroundings did not change is no crater (a hole in or an
     # object on an intact roof: the damage stage judges roofs); unknown without a before image
     roof = (recs["on"] == "building") & np.isfinite(recs["surround_change"])

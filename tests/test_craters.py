@@ -329,6 +329,67 @@ def test_detect_craters__crater_where_a_tree_stood_is_new() -> None:
     assert old.new.tolist() == [False]
 
 
+def test_detect_craters__crater_where_a_shadow_lay_is_new() -> None:
+    after, bowl = _one_crater()
+    before = render((128, 128), seed=11)
+    before[bowl] *= 0.45  # a dark disc where the crater now is
+    soil = (1.08, 1.0, 0.92)
+    sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
+    # a dark patch of soil colour could be an older crater: not new
+    grey = detect_craters(
+        raster(_colour(after, bowl, soil)), raster(_colour(before, bowl, soil)), **sun
+    )
+    assert grey.new.tolist() == [False] and grey.persistence[0] > CraterParams().max_persistence
+    # a blue one is a cast shadow (lit by the sky only): no older crater, the crater is new
+    shadow = detect_craters(
+        raster(_colour(after, bowl, soil)),
+        raster(_colour(before, bowl, (0.88, 0.95, 1.17))),
+        **sun,
+    )
+    assert shadow.new.tolist() == [True] and shadow.persistence[0] < 0.1
+
+
+def test_detect_craters__no_ejecta_penalty_inside_a_broken_building() -> None:
+    # a crater in the rubble of a building, in a bright yard: its ring (rubble) is darker than
+    # the "background" beyond it (the yard), which would count against an ejecta blanket
+    d, half = 8.0, 18
+    before = render((160, 160), boxes=[(80 - half, 80 + half, 80 - half, 80 + half, 6.0)], seed=6)
+    after = render((160, 160), craters=[(80.0, 80.0, d)], seed=6)
+    yy, xx = np.mgrid[0:160, 0:160]
+    building = (abs(yy - 79.5) < half) & (abs(xx - 79.5) < half)
+    rubble = building & (np.hypot(yy - 80, xx - 80) >= 0.95 * d / 2 / GSD)
+    blocks = np.kron(np.random.default_rng(4).uniform(0.8, 1.0, (80, 80)), np.ones((2, 2)))
+    after[rubble] *= blocks[rubble]
+    after[~building] *= 1.5
+    before[~building] *= 1.5
+    x0, y0 = TRANSFORM * (80 - half, 80 - half)
+    x1, y1 = TRANSFORM * (80 + half, 80 + half)
+    fp = gpd.GeoDataFrame(geometry=[box(x0, y1, x1, y0)], crs=32637)
+    sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
+    p = CraterParams(score_threshold=0.0)
+    truth = [(80.0, 80.0, d)]
+    plain = detect_craters(raster(after), raster(before), params=p, **sun)
+    k = match(plain, truth)[0]
+    assert k is not None and plain.ejecta[k] < p.ejecta_ramp[0]
+    assert plain.score[k] == pytest.approx(1 - p.ejecta_weight, abs=0.01)
+    # with footprints: inside a building whose roof broke, there is no ground to show a
+    # blanket against, and the ejecta evidence is not held against it
+    inside = detect_craters(raster(after), raster(before), params=p, footprints=fp, **sun)
+    k = match(inside, truth)[0]
+    assert k is not None and inside.on[k] == "building"
+    assert inside.surround_change[k] > p.roof_change_ramp[1]
+    assert inside.score[k] == pytest.approx(1.0, abs=0.01)
+    # the same on Dask chunks cut through the building
+    chunked = detect_craters(
+        raster(after).chunk({"x": 70, "y": 90}),
+        raster(before).chunk({"x": 70, "y": 90}),
+        params=p,
+        footprints=fp,
+        **sun,
+    )
+    pd_testing.assert_frame_equal(_frame(chunked), _frame(inside))
+
+
 def test_refine_all__matches_per_candidate_refine() -> None:
     from changedet._crater_measure import WINDOW_RADII, refine, refine_all, window
 
