@@ -123,20 +123,21 @@ def persistence(
             # an enclosed dark blob, not the side of a road or a roof edge; and not a green
             # one: a tree crown or bush that the blast removed is no older crater
             weight = ramp(st["enclosure"], *p.enclosure_ramp)
-            if green_b is not None:
-                g_b = disc_mean(green_b, row, col, dy + oy, dx + ox, 0.75 * radius)
-                if np.isfinite(g_b):
-                    weight *= 1 - ramp(g_b, *p.vegetation_ramp)
-            if blue_b is not None:
-                # and not a cast shadow: lit by the sky only, it is bluer than the sunlit
-                # ground around it, while an older crater's bowl is sunlit soil
-                b_b = _blue_shift(blue_b, row, col, dy + oy, dx + ox, radius)
-                if np.isfinite(b_b):
-                    weight *= 1 - ramp(b_b, *p.shadow_ramp)
-            # and the same thing: an older crater looks as it does now (bowl, rim and ejecta
-            # in place), while a dark road crossing or a building's shadow where a crater now
-            # lies does not resemble it
-            weight *= max(similarity(wa, wb, dy, dx, oy, ox, radius), 0.0)
+            if weight > 0:  # (the tests below only scale it down)
+                if green_b is not None:
+                    g_b = disc_mean(green_b, row, col, dy + oy, dx + ox, 0.75 * radius)
+                    if np.isfinite(g_b):
+                        weight *= 1 - ramp(g_b, *p.vegetation_ramp)
+                if blue_b is not None:
+                    # and not a cast shadow: lit by the sky only, it is bluer than the sunlit
+                    # ground around it, while an older crater's bowl is sunlit soil
+                    b_b = _blue_shift(blue_b, row, col, dy + oy, dx + ox, radius)
+                    if np.isfinite(b_b):
+                        weight *= 1 - ramp(b_b, *p.shadow_ramp)
+                # and the same thing: an older crater looks as it does now (bowl, rim and ejecta
+                # in place), while a dark road crossing or a building's shadow where a crater now
+                # lies does not resemble it
+                weight *= max(similarity(wa, wb, dy, dx, oy, ox, radius), 0.0)
             depths.append(st["depth"] * weight)
     if not depths:
         return {}
