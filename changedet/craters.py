@@ -131,8 +131,10 @@ COLUMNS = (
     "newness_verified",
     "on",
 )
-#: The smallest crater diameter, in pixels, that can be told from noise.
-_MIN_DIAMETER_PX = 4.0
+#: The smallest crater diameter, in pixels, whose shape and shading can be judged: a bowl of 4 px
+#: has 3-4 pixels on each side of its centre, too few for the roundness and shading tests (on
+#: the dev split 3 of 4 such detections were dark gaps in rubble or clutter).
+_MIN_DIAMETER_PX = 5.0
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,8 @@ class CraterParams:
     ----------
     min_diameter_m, max_diameter_m
         Rim-to-rim diameters searched (1.5–25 m: mortar and artillery to large aerial bombs).
-        Diameters below 4 pixels cannot be told from noise and are skipped.
+        Diameters below 5 pixels (2.5 m at 0.5 m, 1.5 m at 0.3 m) cannot be judged (their
+        shape and shading are lost in a few pixels) and are skipped.
     scales_per_octave
         Pyramid levels per doubling of the radius.
     min_response
