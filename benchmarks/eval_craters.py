@@ -10,7 +10,7 @@ Splits: ``tune`` = seeds 0-9 and ``dev`` = seeds 20-59 (look at these while deve
 is wider, so a change that helps a few tune craters can be checked on 240 more), ``report`` =
 seeds 100-119 (run at the end only; never tune on them). Sites are cached under ``benchmarks/_work/`` (git-ignored).
 
-Truth craters smaller than the detector can resolve (< 4 px across) are counted as misses;
+Truth craters smaller than the detector judges (under 5 px across: 2.5 m at 0.5 m) are counted as misses;
 recall for craters of at least 2 m is reported separately.
 
 Usage::
