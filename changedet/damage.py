@@ -308,33 +308,53 @@ def _corner_variance(img: np.ndarray, half: int) -> np.ndarray:
     the pixel sits at the corner of a smooth slab fragment (hence the second smallest).
     Beyond the array the nearest pixel is repeated; window sums are direct sums in a fixed
     order, so a block with its halo gives bit-for-bit the values of the whole array.
+
+    The four windows of a pixel are one window grid read at four offsets, so the variance is
+    computed once per window (not once per pixel and corner), and the pairs of windows side
+    by side are compared once for both rows of corners.
     """
     size = 2 * half + 1
     ny, nx = img.shape
     valid = np.isfinite(img)
+    all_valid = bool(valid.all())
+    # Padded once; squaring the padded image gives the padded squares (edge mode copies).
+    q = np.pad(img if all_valid else np.where(valid, img, 0.0), 2 * half, mode="edge")
 
     def sums(a: np.ndarray) -> np.ndarray:
-        """Sums over the windows starting at each pixel of ``a`` padded by ``2 * half``."""
-        q = np.pad(a, 2 * half, mode="edge")
-        rows = sum(q[d : d + ny + 2 * half] for d in range(size))
-        return sum(rows[:, d : d + nx + 2 * half] for d in range(size))  # type: ignore[index]
+        """Sums over the windows starting at each pixel of the padded ``a``: rows first, then
+        columns, each in the order of the offsets (fixed, so that seams never show)."""
+        if size == 1:
+            return a.copy()
+        rows = a[: ny + 2 * half] + a[1 : ny + 2 * half + 1]
+        for d in range(2, size):
+            rows += a[d : d + ny + 2 * half]
+        out = rows[:, : nx + 2 * half] + rows[:, 1 : nx + 2 * half + 1]
+        for d in range(2, size):
+            out += rows[:, d : d + nx + 2 * half]
+        return out
 
-    s1 = sums(np.where(valid, img, 0.0))
-    s2 = sums(np.where(valid, img * img, 0.0))
-    n = sums(valid.astype("float64")) if not valid.all() else None
-    var4 = []
+    s1 = sums(q).astype("float64", copy=False)  # new arrays: divided in place below
+    s2 = sums(q * q).astype("float64", copy=False)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if all_valid:
+            count = float(size * size)
+            s1 /= count  # the window means
+            s2 /= count
+            s2 -= s1 * s1
+            var = np.maximum(s2, 0, out=s2) if size > 1 else np.full_like(s2, np.inf)
+        else:
+            n = sums(np.pad(valid, 2 * half, mode="edge").astype("float64"))
+            s1 /= n
+            s2 /= n
+            s2 -= s1 * s1
+            var = np.where(n >= 2 - 1e-9, np.maximum(s2, 0), np.inf)  # ≥ 2 valid pixels
     # Window starting at offset 0 on an axis ends at the pixel; offset 2 * half starts at it.
-    for dy, dx in ((0, 0), (0, 2 * half), (2 * half, 0), (2 * half, 2 * half)):
-        window = (slice(dy, dy + ny), slice(dx, dx + nx))
-        count = np.full((ny, nx), float(size * size)) if n is None else n[window]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = s1[window] / count
-            var = s2[window] / count - mean * mean
-        var4.append(np.where(count >= 2 - 1e-9, np.maximum(var, 0), np.inf))  # ≥ 2 valid
-    a, b, c, d = var4
+    # Corners (0, 0), (0, 2h), (2h, 0), (2h, 2h) are a, b, c, d; second smallest of the four.
+    lo = np.minimum(var[:, :nx], var[:, 2 * half :])  # min(a, b) on top rows, min(c, d) below
+    hi = np.maximum(var[:, :nx], var[:, 2 * half :])
     out = np.minimum(
-        np.maximum(np.minimum(a, b), np.minimum(c, d)),
-        np.minimum(np.maximum(a, b), np.maximum(c, d)),
+        np.maximum(lo[:ny], lo[2 * half :]),
+        np.minimum(hi[:ny], hi[2 * half :]),
     )
     out[~np.isfinite(out)] = np.nan
     return out
@@ -365,8 +385,10 @@ def _evidence_kernel(
     y = after.astype("float64").mean(axis=0) / scale
     invalid = ~(np.isfinite(x) & np.isfinite(y))
 
+    dens: list[tuple[np.ndarray, np.ndarray]] = []  # validity masks filtered once, reused
+
     def g(img: np.ndarray) -> np.ndarray:
-        return _gauss_nan(img, sigma, truncate)
+        return _gauss_nan(img, sigma, truncate, dens)
 
     mx, my = g(x), g(y)
     vx = np.maximum(g(x * x) - mx * mx, 0)
