@@ -332,9 +332,17 @@ def _polygon_damage(
     the facilities' bounding box plus the evidence's halo, so every pixel inside a facility
     gets the value it has in the whole scene), not over the whole scene again. Facilities
     whose windows overlap are assessed together, in their order, so that overlapping
-    polygons share pixels as they do in one call over the scene.
+    polygons share pixels as they do in one call over the scene. All windows are computed in
+    one Dask pass: a chunk that several windows need (the not-assessable mask, computed from
+    whole chunks of both images) is read and computed once, not once per facility.
     """
-    from changedet.damage import DamageParams, assess_damage, damage_evidence
+    from changedet.change import gsd_of
+    from changedet.damage import (
+        DamageParams,
+        assess_damage,
+        assess_damage_windows,
+        evidence_halo_px,
+    )
 
     if before is None or after is None:
         return assess_damage(
@@ -346,8 +354,7 @@ def _polygon_damage(
 
         b, _ = sample_pixels(before, after, 100_000)
         value_range = float(np.percentile(b, 99.9)) if len(b) else 1.0
-    lazy = before if hasattr(before.data, "dask") else before.chunk()
-    halo = int(damage_evidence(lazy, lazy, params, value_range=value_range).attrs["halo_px"])
+    halo = evidence_halo_px(params, gsd_of(before))
     transform = score.rio.transform()
     ny, nx = score.sizes["y"], score.sizes["x"]
     inverse = ~transform
@@ -365,7 +372,7 @@ def _polygon_damage(
             ]
         )
     groups = _overlapping_groups(windows)
-    rows_out: list[Any] = [None] * len(polys)
+    selections = []
     for members in groups:
         r0 = min(windows[k][0] for k in members)
         r1 = max(windows[k][1] for k in members)
@@ -375,16 +382,19 @@ def _polygon_damage(
             win = {"y": slice(0, min(ny, 2 * pad)), "x": slice(0, min(nx, 2 * pad))}
         else:
             win = {"y": slice(r0, r1), "x": slice(c0, c1)}
-        res = assess_damage(
-            score.isel(win),
-            polys.iloc[members],
-            threshold=threshold,
-            not_assessable=None if not_assessable is None else not_assessable.isel(win),
-            params=params,
-            before=before.isel(win),
-            after=after.isel(win),
-            value_range=value_range,
-        )
+        selections.append((win, polys.iloc[members]))
+    tables = assess_damage_windows(
+        score,
+        selections,
+        threshold=threshold,
+        not_assessable=not_assessable,
+        params=params,
+        before=before,
+        after=after,
+        value_range=value_range,
+    )
+    rows_out: list[Any] = [None] * len(polys)
+    for members, res in zip(groups, tables, strict=True):
         for k, (_, r) in zip(members, res.iterrows(), strict=True):
             rows_out[k] = r
     return gpd.GeoDataFrame(rows_out, crs=score.rio.crs)

@@ -15,9 +15,11 @@ from shapely.geometry import box
 from changedet.damage import (
     DamageParams,
     _corner_variance,
+    _gauss_mean,
     assess_damage,
     damage_evidence,
     damaged_regions,
+    evidence_halo_px,
 )
 from changedet.errors import MissingCRSError
 
@@ -391,6 +393,53 @@ def test_corner_variance__edges_are_smooth_texture_is_not() -> None:
     holed = rough.copy()
     holed[5:8, 5:8] = np.nan
     assert np.isfinite(_corner_variance(holed, 1)).all()  # every window keeps ≥ 2 valid pixels
+
+
+def test_corner_variance__is_the_second_smallest_window_variance() -> None:
+    """Against the definition: the variance of each of the four corner windows (edge pixels
+    repeated beyond the array, NaN ignored, fewer than 2 valid pixels: none), second smallest."""
+    rng = np.random.default_rng(3)
+    img = rng.normal(0.5, 0.2, (13, 17))
+    img[4:6, 2:9] = np.nan
+    img[0, 0] = np.nan
+    for half in (1, 2):
+        size = 2 * half + 1
+        q = np.pad(img, 2 * half, mode="edge")
+        expected = np.full(img.shape, np.nan)
+        for r in range(img.shape[0]):
+            for c in range(img.shape[1]):
+                var = []
+                for dy in (0, 2 * half):
+                    for dx in (0, 2 * half):
+                        w = q[r + dy : r + dy + size, c + dx : c + dx + size]
+                        w = w[np.isfinite(w)]
+                        var.append(w.var() if len(w) >= 2 else np.inf)
+                v = sorted(var)[1]
+                expected[r, c] = v if np.isfinite(v) else np.nan
+        np.testing.assert_allclose(_corner_variance(img, half), expected, rtol=1e-9, atol=1e-15)
+
+
+def test_gauss_mean__equals_the_change_stage_gaussian_bit_for_bit() -> None:
+    from changedet.change import _gauss_nan
+
+    rng = np.random.default_rng(4)
+    img = rng.normal(0.5, 0.2, (60, 70))
+    holed = img.copy()
+    holed[rng.uniform(size=img.shape) < 0.2] = np.nan
+    wide_hole = img.copy()
+    wide_hole[:40] = np.nan  # no valid neighbour deep inside: NaN
+    for a in (img, holed, wide_hole):
+        dens: list[tuple[np.ndarray | None, np.ndarray, bool]] = []
+        for b in (a, a * a, a, a * img):  # a mask seen before is reused
+            np.testing.assert_array_equal(_gauss_mean(b, 1.5, 3.5, dens), _gauss_nan(b, 1.5, 3.5))
+        assert len(dens) <= 2
+
+
+def test_evidence_halo_px__is_the_halo_damage_evidence_uses() -> None:
+    before, after = _pair("rubble")
+    for params in (DamageParams(), DamageParams(window_sigma_m=2.0, fill_gap_m=0.0)):
+        ev = damage_evidence(before, after, params, value_range=255)
+        assert evidence_halo_px(params, GSD) == ev.attrs["halo_px"]
 
 
 def test_damage_evidence__shadow_interior_and_edge_are_clean() -> None:

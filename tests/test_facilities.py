@@ -180,3 +180,77 @@ def test_score_facilities__point_on_unassessable_pixels_is_flagged() -> None:
         fac, _craters([(0, 0, 4)]), scene_extent=EXTENT, not_assessable=na
     ).set_index("id")
     assert out["assessable"].to_dict() == {"west": False, "east": True, "edge": False}
+
+
+def test_score_facilities__windows_computed_in_one_pass() -> None:
+    """The facilities' windows are computed together: a chunk of the not-assessable mask that
+    several windows need (two facilities in one chunk, one across a seam) is computed once
+    (the mask reduces over bands, so Dask computes its whole chunks), and the rows still equal
+    one assessment over the whole scene."""
+    from changedet.change import not_assessable
+    from changedet.damage import DamageParams, assess_damage
+    from changedet.testing import make_raster
+
+    rng = np.random.default_rng(5)
+    shape, chunks = (240, 260), {"y": 100, "x": 110}
+    before = make_raster(rng.uniform(60, 200, (3, *shape)).astype("float32"))
+    after_data = before.values.copy()
+    after_data[:, 60:120, 40:150] = rng.uniform(20, 240, (3, 60, 110))  # rubble
+    after_data[:, 5:8, 5:9] = np.nan  # some unassessable pixels
+    after = before.copy(data=after_data).chunk({"band": -1, **chunks})
+    before = before.chunk({"band": -1, **chunks})
+    score = before.isel(band=0, drop=True).copy(data=rng.uniform(0, 1, shape).astype("float32"))
+    computed: dict[tuple[int, ...], int] = {}
+
+    def count(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        if block_info:
+            loc = tuple(block_info[0]["chunk-location"])
+            computed[loc] = computed.get(loc, 0) + 1
+        return block
+
+    counted = before.copy(data=before.data.map_blocks(count, dtype=before.dtype))
+    na = not_assessable(counted, after)
+    x, y = score.x.values, score.y.values
+
+    def fac_box(r: int, c: int, size: int = 12) -> object:
+        return box(x[c], y[r + size], x[c + size], y[r])
+
+    fac = gpd.GeoDataFrame(
+        {"id": ["a", "b", "seam", "rubble", "far"]},
+        geometry=[
+            fac_box(10, 10),  # a and b: one chunk, windows apart
+            fac_box(70, 12),
+            fac_box(94, 100),  # across the seams of four chunks
+            fac_box(80, 60),
+            fac_box(200, 220),
+        ],
+        crs=CRS,
+    )
+    params = DamageParams()
+    whole = assess_damage(
+        score,
+        fac,
+        threshold=0.5,
+        not_assessable=na.compute(),
+        params=params,
+        before=before.compute(),
+        after=after.compute(),
+        value_range=255.0,
+    )
+    computed.clear()
+    out = score_facilities(
+        fac,
+        _craters([(x[0], y[0], 5.0)]),
+        scene_extent=box(*score.rio.bounds()),
+        score=score.chunk(chunks),
+        threshold=0.5,
+        not_assessable=na,
+        damage_params=params,
+        before=before,
+        after=after,
+        value_range=255.0,
+    )
+    assert computed and max(computed.values()) == 1, computed
+    np.testing.assert_array_equal(out["damaged_share"], whole["damaged_share"])
+    assert list(out["damage_class"]) == list(whole["damage_class"])
+    assert (whole["damaged_share"] > 0).any()
