@@ -201,30 +201,39 @@ def _overview_map(
     # a square extent around everything: tiles spread along one axis stay readable
     half = max(right - left, top - bottom, 100.0) * 0.55
     cx, cy = (left + right) / 2, (top + bottom) / 2
-    left, right, bottom, top = cx - half, cx + half, cy - half, cy + half
+    extent = (cx - half, cy - half, cx + half, cy + half)
+    # tiles far apart (each under 8 % of the map's width) would be dots: add one panel per tile
+    sizes = [max(g.bounds[2] - g.bounds[0], g.bounds[3] - g.bounds[1]) for g in tiles.geometry]
+    panels = _panel_tiles(tiles, fac) if len(tiles) > 1 and max(sizes) < 0.08 * 2 * half else []
     with figure_style():
-        fig = new_figure((9.5, 7.0))
-        ax = fig.add_subplot()
-        for _, t in tiles.iterrows():
-            colour = PALETTE["vermillion"] if t["status"] == "failed" else PALETTE["blue"]
-            x, y = t.geometry.exterior.xy
-            ax.fill(x, y, facecolor=colour, alpha=0.15, edgecolor=colour, lw=1.2)
-            c = t.geometry.centroid
-            ax.annotate(t["id"], (c.x, c.y), ha="center", va="center", fontsize=7, color=colour)
-        for _, f in fac.iterrows():
-            colour = DAMAGE_COLOURS.get(str(f["damage_class"]), STYLE["facility"])
-            marker = "x" if f["damage_class"] == "not covered" else "o"
-            ax.plot(f.geometry.x, f.geometry.y, marker=marker, color=colour, mec="black", ms=6)
-            ax.annotate(
-                str(f["id"]),
-                (f.geometry.x, f.geometry.y),
-                xytext=(4, 4),
-                textcoords="offset points",
-                fontsize=6,
-            )
-        set_map_axes(ax, (left, bottom, right, top), crs_name=str(utm))
+        if panels:
+            ncol = min(3, len(panels))
+            nrow = math.ceil(len(panels) / ncol)
+            fig = new_figure((6.5 + 2.6 * ncol, max(5.5, 2.6 * nrow)))
+            grid = fig.add_gridspec(nrow, ncol + 2)
+            ax = fig.add_subplot(grid[:, :2])
+        else:
+            fig = new_figure((9.5, 7.0))
+            ax = fig.add_subplot()
+        # with panels, the facilities are labelled there (here they would sit on each other)
+        _draw_tiles_and_facilities(ax, tiles, fac, tile_labels=True, facility_labels=not panels)
+        set_map_axes(ax, extent, crs_name=str(utm))
         add_scale_bar(ax)
         add_north_arrow(ax)
+        for k, tile_id in enumerate(panels):
+            sub = fig.add_subplot(grid[k // ncol, 2 + k % ncol])
+            g = tiles.loc[tiles["id"] == tile_id].geometry.iloc[0]
+            x0, y0, x1, y1 = g.bounds
+            pad = 0.08 * max(x1 - x0, y1 - y0)
+            mid_x, mid_y, h = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) / 2 + pad
+            _draw_tiles_and_facilities(sub, tiles, fac, tile_labels=False, facility_labels=True)
+            sub.set_xlim(mid_x - h, mid_x + h)
+            sub.set_ylim(mid_y - h, mid_y + h)
+            sub.set_aspect("equal")
+            sub.set_xticks([])
+            sub.set_yticks([])
+            sub.set_title(f"tile {tile_id}", fontsize=8)
+            add_scale_bar(sub)
         items = [
             ("line", PALETTE["blue"], "tile (done / skipped)"),
             ("line", PALETTE["vermillion"], "tile (failed)"),
@@ -232,16 +241,75 @@ def _overview_map(
         items += [("circle", v, f"facility: {k}") for k, v in DAMAGE_COLOURS.items()]
         items += [("circle", STYLE["facility"], "facility: no visible damage / other")]
         with contextlib.suppress(Exception):
-            ax.legend(
+            (fig if panels else ax).legend(
                 handles=legend_handles(items),
-                loc="upper left",
-                bbox_to_anchor=(1.02, 1.0),
+                loc="outside lower center" if panels else "upper left",
+                **({"ncol": 4} if panels else {"bbox_to_anchor": (1.02, 1.0)}),
                 fontsize=7,
                 frameon=False,
             )
-        ax.set_title(f"Batch overview: {len(tiles)} tile(s), {len(fac)} facilities")
+        title = f"Batch overview: {len(tiles)} tile(s), {len(fac)} facilities"
+        n_tiles = len(tiles)
+        if panels and len(panels) < n_tiles:
+            title += f"; right: the {len(panels)} tiles with the most damaged facilities"
+        ax.set_title(title, fontsize=9)
         save_figure(fig, path)
     return path
+
+
+#: At most this many tiles get a panel of their own in ``overview.png``.
+_MAX_PANELS = 9
+
+
+def _panel_tiles(tiles: Any, fac: Any) -> list[str]:
+    """Ids of the tiles shown in panels: most damaged facilities first, then most facilities."""
+    ranked = []
+    for tile_id, geom in zip(tiles["id"], tiles.geometry, strict=True):
+        inside = fac[fac.within(geom)] if len(fac) else fac
+        damaged = (
+            int(inside["damage_class"].isin(["destroyed", "severe", "moderate"]).sum())
+            if len(inside)
+            else 0
+        )
+        ranked.append((-damaged, -len(inside), str(tile_id)))
+    return [t for _, _, t in sorted(ranked)[:_MAX_PANELS]]
+
+
+def _draw_tiles_and_facilities(
+    ax: Any, tiles: Any, fac: Any, *, tile_labels: bool, facility_labels: bool
+) -> None:
+    from changedet.figures import DAMAGE_COLOURS, PALETTE, STYLE
+
+    for _, t in tiles.iterrows():
+        colour = PALETTE["vermillion"] if t["status"] == "failed" else PALETTE["blue"]
+        x, y = t.geometry.exterior.xy
+        ax.fill(x, y, facecolor=colour, alpha=0.15, edgecolor=colour, lw=1.2)
+        if tile_labels:
+            c = t.geometry.centroid
+            ax.annotate(
+                t["id"],
+                (c.x, c.y),
+                xytext=(0, 7),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color=colour,
+            )
+    for _, f in fac.iterrows():
+        colour = DAMAGE_COLOURS.get(str(f["damage_class"]), STYLE["facility"])
+        marker = "x" if f["damage_class"] == "not covered" else "o"
+        ax.plot(f.geometry.x, f.geometry.y, marker=marker, color=colour, mec="black", ms=6)
+        if not facility_labels:
+            continue
+        ax.annotate(
+            str(f["id"]),
+            (f.geometry.x, f.geometry.y),
+            xytext=(4, 4),
+            textcoords="offset points",
+            fontsize=6,
+            annotation_clip=True,
+        )
 
 
 def _summary_report(

@@ -489,3 +489,69 @@ def test_run_batch__sample_tiles_equal_changedet_run(tmp_path: Path) -> None:
         ]  # fmt: skip
         assert main(args) == 0
         assert_same_pair(out / site.name, tmp_path / "run" / site.name)
+
+
+def _tile_tif(path: Path, x0: float, y0: float) -> Path:
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32637",
+        transform=from_origin(x0, y0, 0.5, 0.5),
+    ) as dst:
+        dst.write(np.zeros((1, 64, 64), "uint8"))
+    return path
+
+
+@pytest.mark.parametrize(("gap_m", "panels"), [(50_000.0, True), (0.0, False)])
+def test_overview_map__far_apart_tiles_get_a_panel_each(
+    tmp_path: Path, gap_m: float, panels: bool
+) -> None:
+    """32 m tiles 50 km apart would be dots on one map: each also gets a panel of its own."""
+    import pandas as pd
+    from PIL import Image
+    from pyproj import Transformer
+
+    from changedet._batch_summary import _overview_map, _panel_tiles
+    from changedet.batch import PairSpec
+
+    to_lonlat = Transformer.from_crs("EPSG:32637", "EPSG:4326", always_xy=True)
+    specs, rows = [], []
+    for k, cls in enumerate(["no visible damage", "destroyed", "severe"]):
+        x0, y0 = 400_000.0 + k * (gap_m + 32.0), 4_000_000.0
+        tif = _tile_tif(tmp_path / f"t{k}.tif", x0, y0)
+        specs.append(PairSpec(id=f"t{k}", before=tif, after=tif))
+        lon, lat = to_lonlat.transform(x0 + 16.0, y0 - 16.0)
+        rows.append({"id": f"F{k}", "tile": f"t{k}", "damage_class": cls, "lon": lon, "lat": lat})
+    record = {"pairs": {s.id: {"status": "done"} for s in specs}}
+    png = _overview_map(tmp_path, specs, record, pd.DataFrame(rows), tmp_path / "overview.png")
+    width, height = Image.open(png).size
+    # one map (9.5 x 7 in) or the map beside three panels (14.3 x 5.5 in)
+    assert (width / height > 2.0) is panels
+    import geopandas as gpd
+    from shapely.geometry import box as shapely_box
+
+    tiles = gpd.GeoDataFrame(
+        {"id": ["a", "b", "c"], "status": ["done"] * 3},
+        geometry=[
+            shapely_box(0, 0, 10, 10),
+            shapely_box(100, 0, 110, 10),
+            shapely_box(200, 0, 210, 10),
+        ],
+        crs="EPSG:32637",
+    )
+    fac = gpd.GeoDataFrame(
+        {"damage_class": ["possible", "destroyed", "severe", "no visible damage"]},
+        geometry=gpd.points_from_xy([5, 105, 106, 205], [5, 5, 6, 5]),
+        crs="EPSG:32637",
+    )
+    # the tile with the most damaged facilities first, then by facility count, then by id
+    assert _panel_tiles(tiles, fac) == ["b", "a", "c"]
