@@ -31,7 +31,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -521,23 +521,12 @@ def write_figures(
         for p in save_figure(fig, out / "figures" / name, formats=cfg.formats, dpi=cfg.dpi):
             files[f"figures/{p.name}"] = p
 
-    # Build every read lazily, then compute them together: the warp of the after image is
-    # shared by the overview and the crops, so each chunk is computed once.
-    lazy: list[Any] = []
+    # The overview is a decimated read (chunk by chunk); the facility crops are read a few
+    # facilities at a time (windows of one batch share their chunks' reads) and each batch is
+    # drawn and released before the next is read, so memory does not grow with the number of
+    # facilities.
     over, bounds = _preview_lazy(after, PREVIEW_PX)
-    lazy.append(over)
-    half = cfg.crop_m / 2
-    crops = []
-    for _, fac in facilities.iterrows() if facilities is not None else []:
-        c = fac.geometry.centroid
-        crop = (c.x - half, c.y - half, c.x + half, c.y + half)
-        wins = [_window_lazy(src, crop) for src in (before, after, change)]
-        crops.append((fac, crop, wins[0][1], len(lazy)))
-        lazy.extend(w for w, _ in wins)
-    computed = _compute([x for x in lazy if x is not None])
-    it = iter(computed)
-    arrays = [None if x is None else next(it) for x in lazy]
-    img = arrays[0]
+    (img,) = _compute([over])
     lo, hi = stretch_limits(img)
     with figure_style():
         fig = plot_overview(
@@ -553,8 +542,10 @@ def write_figures(
             caption=caption,
         )
         save(fig, "overview.png")
-    for fac, crop, got, k in crops:
-        b, a, ch = (np.full((1, 0, 0), np.nan) if arr is None else arr for arr in arrays[k : k + 3])
+    del img
+    for fac, crop, got, (b, a, ch) in _facility_crops(
+        facilities, (before, after, change), cfg.crop_m
+    ):
         lo, hi = stretch_limits(b)
         table = facility_craters(fac.geometry, craters, rings_m, crop)
         shown = (
@@ -591,6 +582,34 @@ def write_figures(
             )
             save(fig, facility_figure_name(fac["id"]))
     return files
+
+
+#: Facilities whose crops :func:`write_figures` reads in one ``dask.compute``.
+CROP_BATCH = 4
+
+
+def _facility_crops(
+    facilities: Any, sources: Sequence[Any], crop_m: float
+) -> Iterator[tuple[Any, tuple[float, ...], tuple[float, ...], list[np.ndarray]]]:
+    """``(facility, crop bounds, bounds read, [one array per source])`` for every facility,
+    reading the windows of :data:`CROP_BATCH` facilities at a time (an empty window is an
+    empty ``(1, 0, 0)`` array)."""
+    if facilities is None:
+        return
+    half = crop_m / 2
+    rows = [fac for _, fac in facilities.iterrows()]
+    for start in range(0, len(rows), CROP_BATCH):
+        batch = []
+        for fac in rows[start : start + CROP_BATCH]:
+            c = fac.geometry.centroid
+            crop = (c.x - half, c.y - half, c.x + half, c.y + half)
+            batch.append((fac, crop, [_window_lazy(src, crop) for src in sources]))
+        lazy = [w for _, _, wins in batch for w, _ in wins]
+        it = iter(_compute([x for x in lazy if x is not None]))
+        for fac, crop, wins in batch:
+            arrays = [np.full((1, 0, 0), np.nan) if w is None else next(it) for w, _ in wins]
+            yield fac, crop, wins[0][1], arrays
+        del lazy, it, batch
 
 
 # ---------------------------------------------------------------------------- report.html
