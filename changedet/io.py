@@ -235,7 +235,7 @@ def build_mosaic_vrt(paths: Sequence[PathLike]) -> Path:
 def open_raster(
     path: PathLike | Sequence[PathLike],
     *,
-    chunks: int | None = 2048,
+    chunks: int | None = 1024,
     require_crs: bool = True,
     name: str | None = None,
     nodata: float | None = None,
