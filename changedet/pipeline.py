@@ -458,8 +458,9 @@ class _Scratch:
         stored = raster.expand_dims(band=[1]) if flat else raster
         stored = stored.transpose("band", "y", "x").copy()
         stored.attrs, stored.encoding = {}, {}  # float32 as computed, not the input's encoding
-        # ZSTD: lossless, and cheaper to write and read than the DEFLATE of the outputs
-        cio.write_cog(stored, path, compress="ZSTD")
+        # ZSTD: lossless, and cheaper to write and read than the DEFLATE of the outputs; a plain
+        # tiled GeoTIFF (no overviews, no COG translation: read back chunk by chunk only)
+        cio.write_cog(stored, path, compress="ZSTD", cog=False)
         back = cio.open_raster(path, chunks=max(max(c) for c in data.chunks[-2:]), name=name)
         back = back.isel(band=0, drop=True) if flat else back
         back = back.transpose(*raster.dims)
