@@ -38,7 +38,7 @@ therefore one pair per worker thread, and the default ``LocalCluster`` has one s
 worker process per core, so a 2-core machine runs 2 pairs at a time and never oversubscribes.
 
 *Chunk-parallel* (a pair whose before image has at least ``chunk_parallel_min_chunks`` Dask
-chunks, default 16, i.e. 8192² with 2048² chunks): the driver itself runs ``run_pair`` with the
+chunks, default 64, i.e. 8192² with 1024² chunks): the driver itself runs ``run_pair`` with the
 cluster's client as Dask's default scheduler, so every chunked stage (warping, normalisation,
 change scores, detectors) is spread over the workers chunk by chunk. Rasters are written by the
 driver: :func:`changedet.io.write_cog` fetches each chunk from the cluster as it is computed and
@@ -767,7 +767,7 @@ def run_batch(
     config: Config | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
-    chunk_parallel_min_chunks: int = 16,
+    chunk_parallel_min_chunks: int = 64,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run every pair found in ``tiles`` into ``out`` on a Dask cluster; write the summary.

@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--chunk-parallel-min-chunks",
         type=int,
-        default=16,
+        default=64,
         metavar="N",
         help="spread a pair chunk by chunk over the cluster from N Dask chunks (0: never)",
     )

@@ -9,10 +9,10 @@ Examples
 >>> from changedet.config import Config
 >>> cfg = Config()
 >>> cfg.io.chunk_px
-2048
->>> cfg2 = cfg.updated({"io": {"chunk_px": 1024}})
+1024
+>>> cfg2 = cfg.updated({"io": {"chunk_px": 2048}})
 >>> cfg2.io.chunk_px, cfg.io.chunk_px
-(1024, 2048)
+(2048, 1024)
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ class IOConfig:
     """Reading rasters."""
 
     chunk_px: int = _doc(
-        "Dask chunk size in pixels (square chunks); memory scales with it.", default=2048
+        "Dask chunk size in pixels (square chunks); memory scales with it (and with the "
+        "number of threads). Results do not depend on it.",
+        default=1024,
     )
 
 

@@ -235,7 +235,7 @@ def build_mosaic_vrt(paths: Sequence[PathLike]) -> Path:
 def open_raster(
     path: PathLike | Sequence[PathLike],
     *,
-    chunks: int | None = 2048,
+    chunks: int | None = 1024,
     require_crs: bool = True,
     name: str | None = None,
     nodata: float | None = None,
@@ -378,6 +378,7 @@ def write_cog(
     compress: str = "DEFLATE",
     blocksize: int = 512,
     overwrite: bool = True,
+    cog: bool = True,
 ) -> Path:
     """Write ``da`` (``(band, y, x)`` or ``(y, x)``, Dask or numpy) as a COG, atomically.
 
@@ -403,6 +404,11 @@ def write_cog(
         Tile size in pixels (a multiple of 16).
     overwrite
         Replace an existing file; otherwise raise ``OutputExistsError``.
+    cog
+        ``False`` writes a plain tiled, ``compress``-ed GeoTIFF instead, without overviews and
+        without the COG translation (for rasters read back chunk by chunk, such as the
+        pipeline's scratch rasters: the translation of a 8192² RGB float32 raster takes ~30
+        CPU-s and a few hundred MB, growing with the raster's width).
 
     Returns
     -------
@@ -450,16 +456,22 @@ def write_cog(
     elif nodata is not None:
         out = out.rio.write_nodata(nodata)
     with atomic_path(path) as final_tmp:
-        fd, tmp_name = tempfile.mkstemp(suffix=".tif", dir=path.parent, prefix=f".{path.name}.")
-        os.close(fd)
-        tmp = Path(tmp_name)
+        if cog:
+            fd, tmp_name = tempfile.mkstemp(suffix=".tif", dir=path.parent, prefix=f".{path.name}.")
+            os.close(fd)
+            tmp = Path(tmp_name)
+        else:
+            tmp = final_tmp  # written in place: each block once, compressed as it is written
         try:
             profile: dict[str, Any] = {
+                "driver": "GTiff",  # by name: the in-place file has no .tif suffix
                 "tiled": True,
                 "blockxsize": blocksize,
                 "blockysize": blocksize,
                 "BIGTIFF": "IF_SAFER",
             }
+            if not cog:
+                profile["compress"] = compress
             if out.chunks is None:
                 out.rio.to_raster(tmp, **profile)  # in memory already: one write
             else:
@@ -476,17 +488,19 @@ def write_cog(
                 with rasterio.open(tmp, "r+") as dst:
                     pixels = encode_cf_variable(out.variable).data.astype(dst.dtypes[0])
                     _write_dask_blocks(pixels, dst)
-            rasterio.shutil.copy(
-                tmp,
-                final_tmp,
-                driver="COG",
-                COMPRESS=compress,
-                BLOCKSIZE=blocksize,
-                OVERVIEWS="AUTO",
-                BIGTIFF="IF_SAFER",
-            )
+            if cog:
+                rasterio.shutil.copy(
+                    tmp,
+                    final_tmp,
+                    driver="COG",
+                    COMPRESS=compress,
+                    BLOCKSIZE=blocksize,
+                    OVERVIEWS="AUTO",
+                    BIGTIFF="IF_SAFER",
+                )
         finally:
-            tmp.unlink(missing_ok=True)
+            if cog:
+                tmp.unlink(missing_ok=True)
     return path
 
 

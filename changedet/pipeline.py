@@ -107,9 +107,12 @@ class PairResult:
 
 @contextlib.contextmanager
 def _stage(name: str, timings: dict[str, float]) -> Iterator[None]:
+    from changedet._memory import release_memory
+
     log.info("%s ...", name)
     t0 = time.perf_counter()
     yield
+    release_memory()  # what the stage freed goes back to the system before the next one
     timings[name] = round(time.perf_counter() - t0, 3)
     log.info("%s done in %.1f s", name, timings[name])
 
@@ -194,12 +197,17 @@ def run_pair(
     """
     import rasterio
 
+    from changedet._memory import trimming
+
     # GDAL's block cache defaults to 5 % of RAM and fills with whatever the run reads (inputs,
     # scratch rasters): bound it, so that memory does not grow with the scene up to that cap.
+    # Heap memory freed by the chunk computations goes back to the system as they run (glibc
+    # would otherwise keep hundreds of MiB of freed chunk temporaries, see changedet._memory).
     with (
         _RunLog() as run_log,
         _Scratch(scratch_dir) as scratch,
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+        trimming(),
     ):
         return _run_pair(
             before,
@@ -389,10 +397,11 @@ def _run_pair(
     return result
 
 
-#: GDAL block cache during a run, bytes: tiles are read once per pass, chunk by chunk.
-GDAL_CACHE_BYTES = 256 * 2**20
+#: GDAL block cache during a run, bytes: tiles are read once per pass, chunk by chunk, so a
+#: few chunks' worth is enough (a 1024² chunk of three float32 bands is 12 MiB).
+GDAL_CACHE_BYTES = 128 * 2**20
 
-#: Rasters up to this size are kept in memory by :class:`_Scratch` (one 2048² chunk of three
+#: Rasters up to this size are kept in memory by :class:`_Scratch` (a 2048² scene of three
 #: float32 bands is 48 MiB); larger ones go to disk, so memory does not grow with the scene.
 SCRATCH_IN_MEMORY_BYTES = 64 * 2**20
 
@@ -449,8 +458,9 @@ class _Scratch:
         stored = raster.expand_dims(band=[1]) if flat else raster
         stored = stored.transpose("band", "y", "x").copy()
         stored.attrs, stored.encoding = {}, {}  # float32 as computed, not the input's encoding
-        # ZSTD: lossless, and cheaper to write and read than the DEFLATE of the outputs
-        cio.write_cog(stored, path, compress="ZSTD")
+        # ZSTD: lossless, and cheaper to write and read than the DEFLATE of the outputs; a plain
+        # tiled GeoTIFF (no overviews, no COG translation: read back chunk by chunk only)
+        cio.write_cog(stored, path, compress="ZSTD", cog=False)
         back = cio.open_raster(path, chunks=max(max(c) for c in data.chunks[-2:]), name=name)
         back = back.isel(band=0, drop=True) if flat else back
         back = back.transpose(*raster.dims)

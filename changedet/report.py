@@ -31,14 +31,14 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from changedet._atomic import atomic_path, write_text_atomic
+from changedet._atomic import atomic_path
 from changedet.errors import MissingCRSError, NoOverlapError, UnreadableFileError
 
 #: Longest side, in pixels, of the image read for a figure panel.
@@ -521,23 +521,12 @@ def write_figures(
         for p in save_figure(fig, out / "figures" / name, formats=cfg.formats, dpi=cfg.dpi):
             files[f"figures/{p.name}"] = p
 
-    # Build every read lazily, then compute them together: the warp of the after image is
-    # shared by the overview and the crops, so each chunk is computed once.
-    lazy: list[Any] = []
+    # The overview is a decimated read (chunk by chunk); the facility crops are read a few
+    # facilities at a time (windows of one batch share their chunks' reads) and each batch is
+    # drawn and released before the next is read, so memory does not grow with the number of
+    # facilities.
     over, bounds = _preview_lazy(after, PREVIEW_PX)
-    lazy.append(over)
-    half = cfg.crop_m / 2
-    crops = []
-    for _, fac in facilities.iterrows() if facilities is not None else []:
-        c = fac.geometry.centroid
-        crop = (c.x - half, c.y - half, c.x + half, c.y + half)
-        wins = [_window_lazy(src, crop) for src in (before, after, change)]
-        crops.append((fac, crop, wins[0][1], len(lazy)))
-        lazy.extend(w for w, _ in wins)
-    computed = _compute([x for x in lazy if x is not None])
-    it = iter(computed)
-    arrays = [None if x is None else next(it) for x in lazy]
-    img = arrays[0]
+    (img,) = _compute([over])
     lo, hi = stretch_limits(img)
     with figure_style():
         fig = plot_overview(
@@ -553,8 +542,10 @@ def write_figures(
             caption=caption,
         )
         save(fig, "overview.png")
-    for fac, crop, got, k in crops:
-        b, a, ch = (np.full((1, 0, 0), np.nan) if arr is None else arr for arr in arrays[k : k + 3])
+    del img
+    for fac, crop, got, (b, a, ch) in _facility_crops(
+        facilities, (before, after, change), cfg.crop_m
+    ):
         lo, hi = stretch_limits(b)
         table = facility_craters(fac.geometry, craters, rings_m, crop)
         shown = (
@@ -593,15 +584,71 @@ def write_figures(
     return files
 
 
+#: Facilities whose crops :func:`write_figures` reads in one ``dask.compute``.
+CROP_BATCH = 4
+
+
+def _facility_crops(
+    facilities: Any, sources: Sequence[Any], crop_m: float
+) -> Iterator[tuple[Any, tuple[float, ...], tuple[float, ...], list[np.ndarray]]]:
+    """``(facility, crop bounds, bounds read, [one array per source])`` for every facility,
+    reading the windows of :data:`CROP_BATCH` facilities at a time (an empty window is an
+    empty ``(1, 0, 0)`` array)."""
+    if facilities is None:
+        return
+    half = crop_m / 2
+    rows = [fac for _, fac in facilities.iterrows()]
+    for start in range(0, len(rows), CROP_BATCH):
+        batch = []
+        for fac in rows[start : start + CROP_BATCH]:
+            c = fac.geometry.centroid
+            crop = (c.x - half, c.y - half, c.x + half, c.y + half)
+            batch.append((fac, crop, [_window_lazy(src, crop) for src in sources]))
+        lazy = [w for _, _, wins in batch for w, _ in wins]
+        it = iter(_compute([x for x in lazy if x is not None]))
+        for fac, crop, wins in batch:
+            arrays = [np.full((1, 0, 0), np.nan) if w is None else next(it) for w, _ in wins]
+            yield fac, crop, wins[0][1], arrays
+        del lazy, it, batch
+
+
 # ---------------------------------------------------------------------------- report.html
 
 
 @dataclass(frozen=True)
 class Section:
-    """One section of a report page: a heading and its HTML body (already escaped)."""
+    """One section of a report page: a heading and its HTML body (already escaped).
+
+    ``body`` may also be a sequence of parts, joined by newlines: HTML strings and
+    :class:`EmbeddedImage` (an image file embedded only when the page is written, one at a
+    time, so that a page with many figures is never held in memory whole).
+    """
 
     title: str
-    body: str
+    body: str | Sequence[Any]
+
+
+@dataclass(frozen=True)
+class EmbeddedImage:
+    """An image file for :func:`html_image`, read and encoded only when the page is written."""
+
+    path: Path
+    alt: str
+    caption: str = ""
+
+    def __str__(self) -> str:
+        return html_image(self.path, alt=self.alt, caption=self.caption)
+
+
+def _body_parts(body: str | Sequence[Any]) -> Iterator[str]:
+    """A section body as HTML pieces whose concatenation is the body (parts joined by ``\n``)."""
+    if isinstance(body, str):
+        yield body
+        return
+    for i, part in enumerate(body):
+        if i:
+            yield "\n"
+        yield str(part)
 
 
 _CSS = """
@@ -716,18 +763,25 @@ def render_report_html(title: str, sections: Sequence[Section], *, subtitle: str
 
     No date or time is written: the same content gives the same bytes.
     """
+    return "".join(_page_parts(title, sections, subtitle=subtitle))
+
+
+def _page_parts(title: str, sections: Sequence[Section], *, subtitle: str = "") -> Iterator[str]:
+    """The page of :func:`render_report_html` piece by piece (embedded images one at a time)."""
     toc = " ".join(f'<a href="#{_anchor(s.title)}">{html_escape(s.title)}</a>' for s in sections)
-    body = "\n".join(
-        f'<section><h2 id="{_anchor(s.title)}">{html_escape(s.title)}</h2>\n{s.body}\n</section>'
-        for s in sections
-    )
     sub = f'<p class="note">{html_escape(subtitle)}</p>' if subtitle else ""
-    return (
+    yield (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{html_escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f"<h1>{html_escape(title)}</h1>\n{sub}\n<nav>{toc}</nav>\n{body}\n</body>\n</html>\n"
+        f"<h1>{html_escape(title)}</h1>\n{sub}\n<nav>{toc}</nav>\n"
     )
+    for i, s in enumerate(sections):
+        yield ("\n" if i else "") + f'<section><h2 id="{_anchor(s.title)}">'
+        yield f"{html_escape(s.title)}</h2>\n"
+        yield from _body_parts(s.body)
+        yield "\n</section>"
+    yield "\n</body>\n</html>\n"
 
 
 def write_report_html(
@@ -747,7 +801,12 @@ def write_report_html(
     subtitle
         A line under the title.
     """
-    return write_text_atomic(path, render_report_html(title, sections, subtitle=subtitle))
+    # written piece by piece: a report with many facility figures is hundreds of MB of base64
+    # (124 MB at 8192², 64 facilities), which as one string was held several times over
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for part in _page_parts(title, sections, subtitle=subtitle):
+            fh.write(part)
+    return Path(path)
 
 
 def _coreg_figure(coreg: Any, before: Any, dpi: int) -> bytes:
@@ -895,7 +954,7 @@ def write_report(
             "damage_class": "damage class",
             "assessable": "assessable",
         }
-        parts = [
+        parts: list[Any] = [
             html_table(facilities, columns=columns, attrs='class="facilities"'),
             '<p class="note">Counts are of new craters whose centre lies within the distance '
             "of the facility (of its footprint's edge; 0 inside it). Crater ids are those of "
@@ -909,7 +968,9 @@ def write_report(
             name = f"figures/{facility_figure_name(fac['id'])}"
             parts.append(f"<h3>{html_escape(fac['id'])} {html_escape(fac.get('name', ''))}</h3>")
             if name in figures:
-                parts.append(html_image(figures[name], alt=f"facility {fac['id']}", caption=name))
+                parts.append(
+                    EmbeddedImage(figures[name], alt=f"facility {fac['id']}", caption=name)
+                )
             parts.append(
                 html_table(
                     table,
@@ -923,7 +984,7 @@ def write_report(
                     attrs=f'class="facility-craters" data-facility="{html_escape(fac["id"])}"',
                 )
             )
-        sections.append(Section("Facilities", "\n".join(parts)))
+        sections.append(Section("Facilities", parts))
 
     if new is not None and n_new:
         table = new.copy()

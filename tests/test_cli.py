@@ -14,7 +14,7 @@ from changedet.cli import main
 def test_main__config_template_prints_every_section(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["config", "--template"]) == 0
     out = capsys.readouterr().out
-    assert "[io]" in out and "chunk_px = 2048" in out
+    assert "[io]" in out and "chunk_px = 1024" in out
 
 
 def test_main__bad_config_file_is_one_line_exit_2(

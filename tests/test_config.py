@@ -20,7 +20,7 @@ def test_updated__returns_new_object_with_change() -> None:
     cfg = Config()
     new = cfg.updated({"io": {"chunk_px": 512}})
     assert new.io.chunk_px == 512
-    assert cfg.io.chunk_px == 2048
+    assert cfg.io.chunk_px == 1024
 
 
 def test_updated_dotted__same_as_nested() -> None:
