@@ -54,10 +54,11 @@ How a crater looks in 0.3–1 m imagery, and the measurement that tests each tra
 The evidence is combined into ``score`` in [0, 1] (the product of the ramps in
 :class:`CraterParams`: every trait must hold); detections with ``score >= score_threshold`` are returned.
 
-Large scenes are processed tile by tile (Dask chunks, or ``tile_px`` tiles of an in-memory
-array) with a halo derived from ``max_diameter_m`` and the ground sample distance; a detection
-is kept only by the tile whose core holds its centre, and every measurement is made relative to
-a scene pixel, so the result does not depend on the tiling and a crater on a seam is found once.
+Large scenes are processed tile by tile (runs of whole Dask chunks at least ``tile_px`` long,
+or ``tile_px`` tiles of an in-memory array) with a halo derived from ``max_diameter_m`` and the
+ground sample distance; a detection is kept only by the tile whose core holds its centre, and
+every measurement is made relative to a scene pixel, so the result does not depend on the tiling
+and a crater on a seam is found once.
 Within a tile, candidates are refined and measured together, as arrays in batches of bounded
 size (:func:`changedet._crater_measure.refine_all`, :func:`changedet._crater_measure.measure_all`),
 so a tile's working set does not grow with the number of candidates; each is still measured in
@@ -250,7 +251,10 @@ class CraterParams:
     min_valid
         Least share of valid (non-NaN) pixels within 3 R of a detection.
     tile_px
-        Tile size for in-memory arrays (Dask arrays use their own chunks).
+        Least tile size, px: in-memory arrays are cut into such tiles, Dask arrays into runs of
+        whole chunks at least this long on each axis. Each tile is read with a halo of about
+        ``max_diameter_m`` (≈ 210 px at 0.5 m) whose cost does not shrink with the tile, so
+        small tiles cost CPU; the working set is ~240 MB for a 2048² tile.
     """
 
     min_diameter_m: float = 1.5
@@ -277,7 +281,7 @@ class CraterParams:
     roof_change_ramp: tuple[float, float] = (0.08, 0.15)
     blanket_size_ratio: float = 3.0
     min_valid: float = 0.8
-    tile_px: int = 1024
+    tile_px: int = 2048
 
     def __post_init__(self) -> None:
         if not 0 < self.min_diameter_m < self.max_diameter_m:
@@ -352,7 +356,27 @@ def _axis_step(coord: np.ndarray, fallback: float) -> float:
 
 
 def _tiles(n: int, chunks: tuple[int, ...] | None, tile: int) -> list[tuple[int, int]]:
-    sizes = chunks if chunks is not None else [tile] * math.ceil(n / tile)
+    """Tile edges along one axis: ``tile`` px, or runs of Dask chunks of at least ``tile`` px.
+
+    Chunks are merged (not cut) so a tile reads whole chunks; a tile's halo costs the same
+    whatever its size, so small chunks would multiply it.
+
+    Examples
+    --------
+    >>> _tiles(5000, (1024,) * 4 + (904,), 2048)
+    [(0, 2048), (2048, 4096), (4096, 5000)]
+    """
+    if chunks is None:
+        sizes = [tile] * math.ceil(n / tile)
+    else:
+        sizes, run = [], 0
+        for c in chunks:
+            run += c
+            if run >= tile:
+                sizes.append(run)
+                run = 0
+        if run:
+            sizes.append(run)
     edges = np.concatenate([[0], np.cumsum(sizes)])
     return [(int(a), int(min(b, n))) for a, b in itertools.pairwise(edges) if a < n]
 

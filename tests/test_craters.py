@@ -207,8 +207,12 @@ def test_detect_craters__dask_on_odd_chunks_equals_in_memory(scene) -> None:
     before, after = scene
     a, b = raster(after, 2), raster(before, 2)
     eager = detect_craters(a, b, sun_azimuth_deg=135.0)
+    # tile_px 64: every chunk is a tile of its own, so the seams are tile seams
     lazy = detect_craters(
-        a.chunk({"band": 1, "y": 97, "x": 131}), b.chunk({"y": 97, "x": 131}), sun_azimuth_deg=135.0
+        a.chunk({"band": 1, "y": 97, "x": 131}),
+        b.chunk({"y": 97, "x": 131}),
+        sun_azimuth_deg=135.0,
+        params=CraterParams(tile_px=64),
     )
     assert len(eager) == len(CRATERS)
     pd_testing.assert_frame_equal(_frame(lazy), _frame(eager))
@@ -216,10 +220,32 @@ def test_detect_craters__dask_on_odd_chunks_equals_in_memory(scene) -> None:
     pd_testing.assert_frame_equal(_frame(tiled), _frame(eager))
 
 
+def test_detect_craters__small_chunks_are_merged_into_tiles(scene) -> None:
+    before, after = scene
+    a, b = raster(after), raster(before)
+    eager = detect_craters(a, b, sun_azimuth_deg=135.0)
+    # 64 px chunks, tiles of at least 128 px: runs of 2 chunks (halo read 4x less often)
+    small = detect_craters(
+        a.chunk({"y": 64, "x": 64}),
+        b.chunk({"y": 64, "x": 64}),
+        sun_azimuth_deg=135.0,
+        params=CraterParams(tile_px=128),
+    )
+    pd_testing.assert_frame_equal(_frame(small), _frame(eager))
+    from changedet.craters import _tiles
+
+    assert _tiles(256, (64,) * 4, 128) == [(0, 128), (128, 256)]
+    assert _tiles(300, (100, 100, 100), 128) == [(0, 200), (200, 300)]
+
+
 def test_detect_craters__crater_on_a_chunk_corner_found_once() -> None:
     craters = [(128.0, 128.0, 14.0), (40.0, 127.5, 6.0)]  # on a 4-chunk corner; on a seam
     img = render((256, 256), craters=craters, seed=11)
-    found = detect_craters(raster(img).chunk({"y": 128, "x": 128}), sun_azimuth_deg=135.0)
+    found = detect_craters(
+        raster(img).chunk({"y": 128, "x": 128}),
+        sun_azimuth_deg=135.0,
+        params=CraterParams(tile_px=64),  # one tile per chunk
+    )
     assert len(found) == 2
     assert all(k is not None for k in match(found, craters))
     pd_testing.assert_frame_equal(
@@ -393,7 +419,7 @@ def test_detect_craters__no_ejecta_penalty_inside_a_broken_building() -> None:
     chunked = detect_craters(
         raster(after).chunk({"x": 70, "y": 90}),
         raster(before).chunk({"x": 70, "y": 90}),
-        params=p,
+        params=CraterParams(score_threshold=0.0, tile_px=64),
         footprints=fp,
         **sun,
     )
@@ -523,7 +549,10 @@ def test_detect_craters__dark_block_in_a_big_craters_ejecta_is_not_a_crater() ->
     # a chunk seam between the two (the big crater's centre in one chunk, the small one's in
     # another) changes nothing
     chunked = detect_craters(
-        raster(after).chunk({"x": 110}), raster(before).chunk({"x": 110}), **sun
+        raster(after).chunk({"x": 110}),
+        raster(before).chunk({"x": 110}),
+        params=CraterParams(tile_px=64),
+        **sun,
     )
     pd_testing.assert_frame_equal(_frame(chunked), _frame(found))
 
