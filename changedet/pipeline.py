@@ -18,8 +18,8 @@ file                           content
 ``figures/facility_<id>.png``  before | after | change crops of each facility (+ PDF/SVG)
 ``report.html``                one self-contained page: figures, tables, diagnostics, provenance
 ``manifest.json``              inputs, config, versions, timings, SHA-256 of every output
-``run.log``                    the run's log lines with UTC times (listed in the manifest, not
-                               hash-checked: its times differ on every run)
+``run.log``                    the run's log lines and Python warnings with UTC times (listed
+                               in the manifest, not hash-checked: its times differ every run)
 =============================  =============================================================
 
 Intermediate rasters that several stages read (the warped, normalised after image and the
@@ -491,7 +491,8 @@ class _RunLog(logging.Handler):
 
     While active, INFO records are enabled on the ``changedet`` logger so that run.log has the
     stage lines even when logging is not configured; records below the level the user set
-    are not passed on to the user's handlers.
+    are not passed on to the user's handlers. Python warnings shown during the run (e.g. from
+    rasterio, GDAL or numpy) are also written to run.log, and still shown as before.
     """
 
     def __init__(self) -> None:
@@ -505,6 +506,7 @@ class _RunLog(logging.Handler):
         self.setFormatter(fmt)
         self._saved: tuple[int, bool] | None = None
         self._forward: logging.Handler | None = None
+        self._showwarning: Any = None
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.thread == self._thread:
@@ -523,9 +525,24 @@ class _RunLog(logging.Handler):
             self._forward = _Forward(effective)
             log.addHandler(self._forward)
         log.info("changedet %s: run_pair", __version__)
+        import warnings
+
+        self._showwarning = shown = warnings.showwarning
+
+        def showwarning(message, category, filename, lineno, file=None, line=None):
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            where = f"{Path(str(filename)).name}:{lineno}"
+            self.lines.append(f"{stamp} WARNING {category.__name__}: {message} ({where})")
+            shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = showwarning
         return self
 
     def __exit__(self, *exc: object) -> None:
+        import warnings
+
+        if self._showwarning is not None:
+            warnings.showwarning = self._showwarning
         log.removeHandler(self)
         if self._forward is not None:
             log.removeHandler(self._forward)

@@ -193,6 +193,19 @@ def test_run_pair__run_log_and_manifest_entries(run: Path) -> None:
     assert manifest["timings_s"]["report"] >= 0
 
 
+def test_run_log__records_python_warnings_and_still_shows_them() -> None:
+    import warnings
+
+    from changedet.pipeline import _RunLog
+
+    before = warnings.showwarning
+    with pytest.warns(UserWarning, match="odd georeferencing"), _RunLog() as run_log:
+        warnings.warn("odd georeferencing", UserWarning, stacklevel=1)
+    assert warnings.showwarning is before
+    line = [x for x in run_log.lines if " WARNING " in x]
+    assert len(line) == 1 and "UserWarning: odd georeferencing (test_pipeline.py:" in line[0]
+
+
 def test_run_pair__report_html_is_self_contained_and_deterministic(run: Path) -> None:
     page = (run / "report.html").read_text()
     assert 'src="data:image/png;base64,' in page and 'src="http' not in page
