@@ -331,11 +331,6 @@ class RelativeNormalizer:
                 for i in range(out.sizes["band"])
             ]
             out = xr.concat(bands, dim="band").transpose(*after.dims)
-            if hasattr(out.data, "dask"):
-                # one chunk across the bands, as the input: a writer then gets every band of a
-                # tile at once (pixel-interleaved GeoTIFF tiles written band by band are
-                # rewritten three times) and readers get whole chunks
-                out = out.chunk({"band": -1})
         out = out.assign_attrs(after.attrs)
         out.attrs["normalization"] = res.model
         return out  # coordinates, spatial_ref (CRS) included, come along
