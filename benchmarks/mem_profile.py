@@ -9,9 +9,8 @@ Runs :func:`changedet.pipeline.run_pair` in this process on a ``bench_pipeline``
   number of tasks running;
 
 and prints, per stage, the peak RSS, the Dask-held bytes and tasks in flight at that peak, the
-largest Dask-held bytes during the stage and the CPU seconds of the stage. Optional
-``--tracemalloc-stage`` takes a tracemalloc snapshot at the peak of one stage (slow: Python
-allocations only; numpy buffers are counted by tracemalloc too).
+largest Dask-held bytes during the stage and the CPU seconds of the stage. (Not yet: a
+tracemalloc snapshot at one stage's peak, to see what holds memory outside Dask's results.)
 
 Usage (from the repository root)::
 
