@@ -169,8 +169,9 @@ def guard_output_folder(
 ) -> None:
     """Refuse to write into a folder that holds another run (unless ``overwrite``).
 
-    A folder is free when it does not exist, is empty, or holds the manifest of the same run
-    (same input hashes, options and configuration: re-running it reproduces the same files).
+    A folder is free when it does not exist, is empty, holds only the ``run.log`` of a run that
+    failed there, or holds the manifest of the same run (same input hashes, options and
+    configuration: re-running it reproduces the same files).
 
     Raises
     ------
@@ -180,11 +181,18 @@ def guard_output_folder(
     from changedet.errors import OutputExistsError
 
     out = Path(out_dir)
-    if overwrite or not out.exists() or not any(out.iterdir()):
+    if overwrite or not out.exists():
+        return
+    entries = {p.name for p in out.iterdir()}
+    if entries <= {"run.log"}:  # empty, or only the log of a run that failed here
         return
     manifest_path = out / "manifest.json"
     fix = "Choose another --out folder, or pass --overwrite (overwrite=True) to replace it."
     if not manifest_path.is_file():
+        if "run.log" in entries:
+            raise OutputExistsError(
+                out, "holds the partial outputs of a failed run (see its run.log)", fix
+            )
         raise OutputExistsError(out, "is not empty and holds no changedet manifest", fix)
     try:
         old = load_manifest(manifest_path)

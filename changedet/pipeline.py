@@ -29,9 +29,11 @@ lazily, so the co-registration warp runs once and memory does not grow with the 
 folder is deleted when the run ends, also on failure. The :class:`PairResult` hands these
 rasters back as lazy computations from the inputs, with the same values.
 
-Every file is written atomically; inputs are only read. ``run.log`` is written last, and only
-when the run succeeds (a failed run leaves no half-written log, and no file that would make the
-folder look like a finished run).
+Every file is written atomically; inputs are only read. ``run.log`` is written last. When a run
+fails after it claimed its output folder, ``run.log`` is still written (atomically), ending
+with an ``ERROR run failed: ...`` line, unless the folder holds a finished run's manifest
+(whose own log stays); only ``manifest.json`` marks a finished run, and a folder that holds
+nothing but a failed run's ``run.log`` is free for the next run.
 
 Examples
 --------
@@ -209,20 +211,24 @@ def run_pair(
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
         trimming(),
     ):
-        return _run_pair(
-            before,
-            after,
-            out=out,
-            footprints=footprints,
-            facilities=facilities,
-            config=config,
-            sun_azimuth_deg=sun_azimuth_deg,
-            sun_elevation_deg=sun_elevation_deg,
-            progress=progress,
-            overwrite=overwrite,
-            run_log=run_log,
-            scratch=scratch,
-        )
+        try:
+            return _run_pair(
+                before,
+                after,
+                out=out,
+                footprints=footprints,
+                facilities=facilities,
+                config=config,
+                sun_azimuth_deg=sun_azimuth_deg,
+                sun_elevation_deg=sun_elevation_deg,
+                progress=progress,
+                overwrite=overwrite,
+                run_log=run_log,
+                scratch=scratch,
+            )
+        except BaseException as exc:
+            run_log.write_failure(exc)
+            raise
 
 
 def _run_pair(
@@ -265,6 +271,7 @@ def _run_pair(
         guard_output_folder(
             out, inputs=inputs, options=options, config=cfg.to_dict(), overwrite=overwrite
         )
+        run_log.claimed = Path(out)  # the folder is this run's: a failure is logged there
     with _stage("read", timings):
         before_da = cio.open_raster(before, chunks=cfg.io.chunk_px, name="before")
         after_da = cio.open_raster(after, chunks=cfg.io.chunk_px, name="after")
@@ -507,6 +514,8 @@ class _RunLog(logging.Handler):
         self._saved: tuple[int, bool] | None = None
         self._forward: logging.Handler | None = None
         self._showwarning: Any = None
+        #: The output folder once this run has claimed it (see :meth:`write_failure`).
+        self.claimed: Path | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.thread == self._thread:
@@ -555,6 +564,28 @@ class _RunLog(logging.Handler):
         from changedet._atomic import write_text_atomic
 
         return write_text_atomic(path, "\n".join(self.lines) + "\n")
+
+    def write_failure(self, exc: BaseException) -> Path | None:
+        """After a failed run, write the log so far and the error to ``OUT/run.log``.
+
+        Only into a folder this run claimed (the output guard let it write there) and that
+        holds no manifest: a finished run's folder keeps its own log, so a failed re-run
+        cannot make it disagree with its manifest. A folder holding only such a log is free
+        for the next run (:func:`changedet.manifest.guard_output_folder`). Errors writing the
+        log are logged, never raised over the run's own error.
+        """
+        out = self.claimed
+        if out is None or (out / "manifest.json").exists():
+            return None
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        reason = str(exc).strip() or "interrupted"
+        self.lines.append(f"{stamp} ERROR run failed: {type(exc).__name__}: {reason}")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            return self.write(out / "run.log")
+        except OSError as err:  # pragma: no cover - a full or read-only disk
+            log.warning("could not write run.log of the failed run to %s: %s", out, err)
+            return None
 
 
 class _Forward(logging.Handler):

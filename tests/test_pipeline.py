@@ -12,6 +12,7 @@ import rasterio
 
 from changedet.cli import main
 from changedet.config import Config
+from changedet.errors import ChangedetError
 from changedet.evaluate import evaluate_run
 from changedet.pipeline import RUN_LOG_REASON, run_pair
 from changedet.synthetic import SceneSettings, generate_site
@@ -191,6 +192,71 @@ def test_run_pair__run_log_and_manifest_entries(run: Path) -> None:
     assert "run.log" not in manifest["outputs"]
     assert manifest["unchecked_outputs"]["run.log"]["reason"] == RUN_LOG_REASON
     assert manifest["timings_s"]["report"] >= 0
+
+
+def _fail_coregistration(monkeypatch: pytest.MonkeyPatch) -> None:
+    from changedet import coregister
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk vanished")
+
+    monkeypatch.setattr(coregister, "coregister", boom)
+
+
+def test_run_pair__failed_run_leaves_its_log_and_the_folder_free(
+    site: Path, sun: tuple[float, float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from changedet.manifest import guard_output_folder
+
+    out = tmp_path / "out"
+    args = (site / "before.tif", site / "after.tif")
+    kwargs = {"out": out, "footprints": site / "footprints.geojson"}
+    _fail_coregistration(monkeypatch)
+    with pytest.raises(RuntimeError, match="disk vanished"):
+        run_pair(*args, **kwargs, sun_azimuth_deg=sun[0], sun_elevation_deg=sun[1])
+    assert sorted(p.name for p in out.iterdir()) == ["run.log"]  # no manifest, no .part files
+    lines = (out / "run.log").read_text().splitlines()
+    assert "INFO read done in" in "\n".join(lines)
+    assert lines[-1].endswith("ERROR run failed: RuntimeError: disk vanished")
+    # a folder holding only a failed run's log is free for the next run ...
+    guard_output_folder(out, inputs={}, options={}, config={}, overwrite=False)
+    # ... but not once that run left other files next to it
+    (out / "change_score.tif").write_bytes(b"partial")
+    with pytest.raises(ChangedetError, match="partial outputs of a failed run"):
+        guard_output_folder(out, inputs={}, options={}, config={}, overwrite=False)
+
+
+def test_run_pair__failed_rerun_keeps_the_finished_runs_log(
+    run: Path,
+    site: Path,
+    sun: tuple[float, float],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(run, out)
+    log_before = (out / "run.log").read_bytes()
+    _fail_coregistration(monkeypatch)
+    with pytest.raises(RuntimeError, match="disk vanished"):
+        run_pair(
+            site / "before.tif",
+            site / "after.tif",
+            out=out,
+            footprints=site / "footprints.geojson",
+            facilities=site / "facilities.geojson",
+            sun_azimuth_deg=sun[0],
+            sun_elevation_deg=sun[1],
+        )
+    assert (out / "run.log").read_bytes() == log_before
+
+
+def test_run_pair__refused_folder_gets_no_log(site: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("someone else's\n")
+    with pytest.raises(ChangedetError, match="holds no changedet manifest"):
+        run_pair(site / "before.tif", site / "after.tif", out=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_run_log__records_python_warnings_and_still_shows_them() -> None:
