@@ -91,8 +91,12 @@ def persistence(
     change_mean: float,
     has_change: bool,
     p: CraterParams,
+    surround_ratio: float = math.nan,
 ) -> dict[str, Any]:
     """``persistence``, ``new`` and ``newness_verified`` of one detection (see the module doc).
+
+    ``surround_ratio`` is ``surround_change`` over the scene's median ``|after − before|``
+    (NaN: not known, no test).
 
     The darkest matching bowl near the same place in the before image: residual
     misregistration and shadows that moved with the sun must not make a blob "new".
@@ -145,4 +149,6 @@ def persistence(
     new = persistence < p.max_persistence
     if has_change:
         new = new and bool(change_mean >= p.min_change_score)
+    if math.isfinite(surround_ratio):  # the ground around changed beyond the pair's noise
+        new = new and bool(surround_ratio >= p.min_surround_change)
     return {"persistence": persistence, "new": bool(new), "newness_verified": True}

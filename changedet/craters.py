@@ -45,6 +45,10 @@ How a crater looks in 0.3–1 m imagery, and the measurement that tests each tra
   road crossing or a building's shadow where a crater now lies does not); when that weighted
   contrast is below ``max_persistence`` of the after contrast, the crater is ``new``; when a
   change map is given, the mean change score in the disc must also reach ``min_change_score``;
+  and the ground around it (``1.15–3 R``) must have changed clearly more than the pair's
+  unchanged ground does (``surround_change`` at least ``min_surround_change`` times the scene's
+  median ``|after − before|``): a blast throws ejecta and debris over its surroundings, while a
+  bush that dried or a dark object put down leaves them as they were;
 * **not inside an intact roof** — with building footprints and a before image, a detection inside
   a footprint needs the roof around it to have changed (``surround_change``, the mean
   ``|after − before|`` in ``1.15–3 R``): a bomb that cratered a building broke it; a dark object
@@ -214,6 +218,14 @@ class CraterParams:
         The before image is searched for that contrast at the same radius within
         ``max(1 px, persistence_search × R)`` of the centre (a 3 × 3 grid of offsets), so
         residual misregistration or a shadow that moved with the sun does not read as new.
+    min_surround_change
+        With a before image: for ``new``, the least ratio of the mean ``|after − before|`` in
+        ``1.15–3 R`` to the scene's median ``|after − before|`` (on a regular sample of the whole
+        pair: the noise, residual misregistration and radiometric difference of unchanged
+        ground), the before matched to the after by its median and interquartile range for both
+        (so a scene whose range the damage widened does not look changed everywhere). A
+        crater's blast and ejecta change its surroundings 2–20 times that level; a bush that
+        dried or greened, or a dark object set down on unchanged ground, about once.
     min_change_score
         With a change map: the least mean change ``score`` in the disc (1.5 R) for ``new``. A
         new crater changes its whole disc (0.25–0.5); a shadow that moved with the sun, or a
@@ -275,6 +287,7 @@ class CraterParams:
     max_persistence: float = 0.5
     persistence_search: float = 0.25
     min_change_score: float = 0.2
+    min_surround_change: float = 1.5
     vegetation_ramp: tuple[float, float] = (0.06, 0.14)
     shadow_ramp: tuple[float, float] = (0.025, 0.05)
     rgb_bands: tuple[int, int, int] = (0, 1, 2)
@@ -351,6 +364,35 @@ def _range_stats(lum: xr.DataArray) -> tuple[float, float, float]:
     return float(p2), float(max(p98 - p2, 1e-6 * max(abs(p98), 1.0), 1e-12)), float(med)
 
 
+def _before_match(
+    after_l: xr.DataArray,
+    before_l: xr.DataArray,
+    stats_a: tuple[float, float, float],
+    stats_b: tuple[float, float, float],
+) -> tuple[float, float, float | None]:
+    """``(gain, offset, level)``: the before luminance in the after's units, and their difference.
+
+    On :func:`_range_stats`' sample of both images (each in units of its own range), the
+    before is matched to the after by its median and interquartile range (most of a scene is
+    unchanged, so a few craters or ruins do not move them) and ``level`` is the median
+    ``|after − (gain · before + offset)|``: the pair's noise, residual misregistration and
+    radiometric difference, what "the ground did not change" looks like (None when unknown).
+    """
+    ny, nx = after_l.shape
+    step = max(1, math.ceil(math.sqrt(ny * nx / 250_000)))
+    a = (np.asarray(after_l.data[::step, ::step], np.float64) - stats_a[0]) / stats_a[1]
+    b = (np.asarray(before_l.data[::step, ::step], np.float64) - stats_b[0]) / stats_b[1]
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 100:
+        return 1.0, 0.0, None
+    a, b = a[ok], b[ok]
+    qa, qb = np.percentile(a, [25, 50, 75]), np.percentile(b, [25, 50, 75])
+    gain = float((qa[2] - qa[0]) / (qb[2] - qb[0])) if qb[2] > qb[0] else 1.0
+    offset = float(qa[1] - gain * qb[1])
+    level = float(np.median(np.abs(a - (gain * b + offset))))
+    return gain, offset, level if level > 0 else None
+
+
 def _axis_step(coord: np.ndarray, fallback: float) -> float:
     return float(coord[1] - coord[0]) if len(coord) > 1 else fallback
 
@@ -400,6 +442,7 @@ def _detect_tile(
     sun_px: tuple[float, float] | None,
     expected_dipole: float | None,
     d_px: tuple[float, float],
+    match_b: tuple[float, float, float | None] = (1.0, 0.0, None),
     roofs: np.ndarray | None = None,
     geo: tuple[float, float, float, float] = (0.0, 1.0, 0.0, -1.0),
 ) -> list[dict[str, Any]]:
@@ -418,9 +461,10 @@ def _detect_tile(
         (gy >= y0 - reach_px) & (gy < y1 + reach_px) & (gx >= x0 - reach_px) & (gx < x1 + reach_px)
     )
     cand = cand[near]
-    lum_b = None
+    lum_b = lum_bm = None
     if before_l is not None and stats_b is not None:
         lum_b = (np.asarray(before_l, np.float64) - stats_b[0]) / stats_b[1]
+        lum_bm = match_b[0] * lum_b + match_b[1]  # in the after's units: for |after − before|
     p = params
     found = []
     offset = lo / rng_  # data value 0 in units of the range
@@ -532,6 +576,23 @@ def _detect_tile(
             3.0 * rad[todo],
             minus=lum_b,
         )
+    # the same |after − before|, the before matched to the after's units: against the pair's
+    # no-change level (``match_b``) for ``new``
+    excess = np.full(len(sel), np.nan)
+    if lum_bm is not None and match_b[2] and len(at):
+        excess[at] = (
+            annulus_means(
+                lum,
+                row2[at],
+                col2[at],
+                dy2[at],
+                dx2[at],
+                1.15 * rad[at],
+                3.0 * rad[at],
+                minus=lum_bm,
+            )
+            / match_b[2]
+        )
     change_mean = np.full(len(sel), np.nan)
     if change is not None and len(at):
         change_mean[at] = annulus_means(
@@ -579,6 +640,7 @@ def _detect_tile(
                     rec["change"],
                     change is not None,
                     p,
+                    surround_ratio=float(excess[k]),
                 )
             )
         found.append(rec)
@@ -782,6 +844,9 @@ def detect_craters(
 
     stats_a = _range_stats(after_l)
     stats_b = _range_stats(before_l) if before_l is not None else None
+    match_b: tuple[float, float, float | None] = (1.0, 0.0, None)
+    if before_l is not None and stats_b is not None:
+        match_b = _before_match(after_l, before_l, stats_a, stats_b)
     sun_px = None
     expected_dipole = None
     if sun_azimuth_deg is not None and sun_elevation_deg is not None:
@@ -811,6 +876,7 @@ def detect_craters(
         "sun_px": sun_px,
         "expected_dipole": expected_dipole,
         "d_px": (d_min_px, d_max_px),
+        "match_b": match_b,
     }
     tasks = []
     for ya, yb in _tiles(ny, chunks[0], params.tile_px):

@@ -385,6 +385,27 @@ def test_detect_craters__crater_where_a_shadow_lay_is_new() -> None:
     assert shadow.new.tolist() == [True] and shadow.persistence[0] < 0.1
 
 
+def test_detect_craters__dark_blob_on_unchanged_ground_is_not_new() -> None:
+    crater, bowl = _one_crater()
+    soil = (1.08, 1.0, 0.92)
+    sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
+    after = raster(_colour(crater, bowl, soil))
+    # before the blast: plain ground; the blast changed the bowl *and* its surroundings
+    ground = render((128, 128), seed=11)
+    blast = detect_craters(after, raster(_colour(ground, bowl, soil)), **sun)
+    assert blast.new.tolist() == [True] and blast.surround_change[0] > 0.05
+    # the same dark blob, but everything around it was there before (a bush that dried, a dark
+    # object put down): around it only the noise of the pair differs
+    noise = np.random.default_rng(5).normal(0, 1.0, crater.shape).astype(np.float32)
+    same_ground = raster(_colour(np.where(bowl, ground, crater + noise), bowl, soil))
+    still = detect_craters(after, same_ground, **sun)
+    # new by persistence alone (the before image has no dark bowl there)
+    assert still.new.tolist() == [False]
+    assert still.persistence[0] < CraterParams().max_persistence
+    off = CraterParams(min_surround_change=0.0)
+    assert detect_craters(after, same_ground, params=off, **sun).new.tolist() == [True]
+
+
 def test_detect_craters__no_ejecta_penalty_inside_a_broken_building() -> None:
     # a crater in the rubble of a building, in a bright yard: its ring (rubble) is darker than
     # the "background" beyond it (the yard), which would count against an ejecta blanket
