@@ -98,6 +98,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sun_elevation_deg=args.sun_elevation,
         progress=not args.quiet,
         overwrite=args.overwrite,
+        scratch_dir=args.scratch_dir,
     )
     coreg = result.coreg
     gate = "passed" if coreg.passed else "FAILED: " + "; ".join(coreg.reasons)
@@ -260,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--sun-elevation", type=float, help="sun elevation of the after image, degrees")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--scratch-dir",
+        type=Path,
+        help="folder for the run's temporary rasters (default: a hidden folder inside --out, "
+        "removed at the end; up to 28 bytes a pixel for an RGB pair, before compression)",
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="replace the results of a different run in --out"
     )

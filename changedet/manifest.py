@@ -170,7 +170,7 @@ def guard_output_folder(
     """Refuse to write into a folder that holds another run (unless ``overwrite``).
 
     A folder is free when it does not exist, is empty, holds only the ``run.log`` of a run that
-    failed there, or holds the manifest of the same run (same input hashes, options and
+    failed there (and the scratch folder of a killed one), or holds the manifest of the same run (same input hashes, options and
     configuration: re-running it reproduces the same files).
 
     Raises
@@ -183,8 +183,9 @@ def guard_output_folder(
     out = Path(out_dir)
     if overwrite or not out.exists():
         return
-    entries = {p.name for p in out.iterdir()}
-    if entries <= {"run.log"}:  # empty, or only the log of a run that failed here
+    # a killed run's scratch folder is no result (the run that claims the folder removes it)
+    entries = {p.name for p in out.iterdir() if not p.name.startswith(".changedet-scratch-")}
+    if entries <= {"run.log"}:  # empty, or only what a run that failed here left
         return
     manifest_path = out / "manifest.json"
     fix = "Choose another --out folder, or pass --overwrite (overwrite=True) to replace it."

@@ -23,11 +23,13 @@ file                           content
 =============================  =============================================================
 
 Intermediate rasters that several stages read (the warped, normalised after image and the
-change score) are computed once, chunk by chunk, into a private temporary folder (under
-``TMPDIR``; kept in memory when smaller than :data:`SCRATCH_IN_MEMORY_BYTES`) and read back
-lazily, so the co-registration warp runs once and memory does not grow with the scene; the
-folder is deleted when the run ends, also on failure. The :class:`PairResult` hands these
-rasters back as lazy computations from the inputs, with the same values.
+change score) are computed once, chunk by chunk, into a private temporary folder (a hidden
+``.changedet-scratch-*`` folder in the output folder, or under ``TMPDIR`` when nothing is
+written, or ``scratch_dir``; kept in memory when smaller than :data:`SCRATCH_IN_MEMORY_BYTES`)
+and read back lazily, so the co-registration warp runs once and memory does not grow with the
+scene; the folder is deleted when the run ends, also on failure (a killed run's is removed by
+the next run into that output folder). The :class:`PairResult` hands these rasters back as lazy
+computations from the inputs, with the same values.
 
 Every file is written atomically; inputs are only read. ``run.log`` is written last. When a run
 fails after it claimed its output folder, ``run.log`` is still written (atomically), ending
@@ -183,7 +185,10 @@ def run_pair(
     scratch_dir
         Folder under which the run keeps its private scratch rasters (the warped, normalised
         after image and the change score, computed once and read by every later stage);
-        deleted when the run ends. Default: the system's temporary folder (``TMPDIR``). On a
+        deleted when the run ends, also when it fails. Default: a hidden
+        ``.changedet-scratch-*`` folder inside ``out`` (on the disk the user chose for the
+        results, which has room for them: a 30,000² scene needs tens of GB, more than a RAM-backed
+        ``/tmp`` holds), or the system's temporary folder (``TMPDIR``) when ``out`` is None. On a
         Dask cluster spanning machines, give a folder every worker sees at the same path.
         It never changes a result.
 
@@ -207,7 +212,7 @@ def run_pair(
     # would otherwise keep hundreds of MiB of freed chunk temporaries, see changedet._memory).
     with (
         _RunLog() as run_log,
-        _Scratch(scratch_dir) as scratch,
+        _Scratch(scratch_dir if scratch_dir is not None else out) as scratch,
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
         trimming(),
     ):
@@ -272,6 +277,7 @@ def _run_pair(
             out, inputs=inputs, options=options, config=cfg.to_dict(), overwrite=overwrite
         )
         run_log.claimed = Path(out)  # the folder is this run's: a failure is logged there
+        _remove_stale_scratch(Path(out))
     with _stage("read", timings):
         before_da = cio.open_raster(before, chunks=cfg.io.chunk_px, name="before")
         after_da = cio.open_raster(after, chunks=cfg.io.chunk_px, name="after")
@@ -412,6 +418,19 @@ GDAL_CACHE_BYTES = 128 * 2**20
 #: float32 bands is 48 MiB); larger ones go to disk, so memory does not grow with the scene.
 SCRATCH_IN_MEMORY_BYTES = 64 * 2**20
 
+#: Name prefix of a run's scratch folder (hidden: inside an output folder it is no output).
+SCRATCH_PREFIX = ".changedet-scratch-"
+
+
+def _remove_stale_scratch(out: Path) -> None:
+    """Delete scratch folders a killed run left in ``out`` (this run has claimed the folder)."""
+    import shutil
+
+    if out.is_dir():
+        for p in out.glob(SCRATCH_PREFIX + "*"):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+
 
 class _Scratch:
     """Rasters a run computes once and reads many times (the warped, normalised after image,
@@ -459,7 +478,7 @@ class _Scratch:
         if self.dir is None:
             if self.parent is not None:
                 self.parent.mkdir(parents=True, exist_ok=True)
-            self.dir = Path(tempfile.mkdtemp(prefix="changedet-scratch-", dir=self.parent))
+            self.dir = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=self.parent))
         path = self.dir / f"{name}.tif"
         flat = "band" not in raster.dims
         stored = raster.expand_dims(band=[1]) if flat else raster

@@ -252,6 +252,35 @@ def test_run_pair__failed_rerun_keeps_the_finished_runs_log(
     assert (out / "run.log").read_bytes() == log_before
 
 
+def test_run_pair__scratch_lives_in_the_output_folder_and_goes(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import changedet.pipeline as pipeline
+    from changedet import change
+
+    monkeypatch.setattr(pipeline, "SCRATCH_IN_MEMORY_BYTES", 0)  # store even a small scene
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / (pipeline.SCRATCH_PREFIX + "killed")  # left by a run killed with -9
+    stale.mkdir()
+    (stale / "after_corrected.tif").write_bytes(b"half")
+    (out / "run.log").write_text("... ERROR run failed: RuntimeError: x\n")
+    seen: list[str] = []
+
+    def boom(*args: object, **kwargs: object) -> None:
+        seen.extend(sorted(p.name for p in out.iterdir()))
+        raise RuntimeError("disk vanished")
+
+    monkeypatch.setattr(change, "change_scores", boom)
+    with pytest.raises(RuntimeError, match="disk vanished"):
+        run_pair(site / "before.tif", site / "after.tif", out=out)
+    # while it ran: the stale folder was gone and the run's own scratch was in the output folder
+    assert [n for n in seen if n.startswith(pipeline.SCRATCH_PREFIX)] != []
+    assert stale.name not in seen
+    # after it: only the failed run's log is left
+    assert sorted(p.name for p in out.iterdir()) == ["run.log"]
+
+
 def test_run_pair__refused_folder_gets_no_log(site: Path, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("someone else's\n")
     with pytest.raises(ChangedetError, match="holds no changedet manifest"):
