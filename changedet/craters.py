@@ -45,9 +45,9 @@ How a crater looks in 0.3–1 m imagery, and the measurement that tests each tra
   road crossing or a building's shadow where a crater now lies does not); when that weighted
   contrast is below ``max_persistence`` of the after contrast, the crater is ``new``; when a
   change map is given, the mean change score in the disc must also reach ``min_change_score``;
-  and the ground around it (``1.15–3 R``) must have changed clearly more than the pair's
-  unchanged ground does (``surround_change`` at least ``min_surround_change`` times the scene's
-  median ``|after − before|``): a blast throws ejecta and debris over its surroundings, while a
+  and the ground around it (``1.15–2 R``, the ejecta blanket) must have changed clearly more
+  than the pair's unchanged ground does (its mean ``|after − before|`` at least
+  ``min_surround_change`` times the scene's median): a blast throws ejecta and debris over its surroundings, while a
   bush that dried or a dark object put down leaves them as they were;
 * **not inside an intact roof** — with building footprints and a before image, a detection inside
   a footprint needs the roof around it to have changed (``surround_change``, the mean
@@ -220,12 +220,13 @@ class CraterParams:
         residual misregistration or a shadow that moved with the sun does not read as new.
     min_surround_change
         With a before image: for ``new``, the least ratio of the mean ``|after − before|`` in
-        ``1.15–3 R`` to the scene's median ``|after − before|`` (on a regular sample of the whole
+        ``1.15–2 R`` (the continuous ejecta blanket) to the scene's median ``|after − before|`` (on a regular sample of the whole
         pair: the noise, residual misregistration and radiometric difference of unchanged
         ground), the before matched to the after by its median and interquartile range for both
         (so a scene whose range the damage widened does not look changed everywhere). A
-        crater's blast and ejecta change its surroundings 2–20 times that level; a bush that
-        dried or greened, or a dark object set down on unchanged ground, about once.
+        crater's blast and ejecta change its surroundings 2–20 times that level (at least 2.1 on
+        the synthetic evaluation scenes); a bush that dried or greened, or a dark object set
+        down on unchanged ground, about once.
     min_change_score
         With a change map: the least mean change ``score`` in the disc (1.5 R) for ``new``. A
         new crater changes its whole disc (0.25–0.5); a shadow that moved with the sun, or a
@@ -576,8 +577,9 @@ def _detect_tile(
             3.0 * rad[todo],
             minus=lum_b,
         )
-    # the same |after − before|, the before matched to the after's units: against the pair's
-    # no-change level (``match_b``) for ``new``
+    # |after − before| over the continuous ejecta blanket (to 2 R; beyond it only scattered
+    # blocks: mostly unchanged ground, whose share would decide), the before matched to the
+    # after's units, against the pair's no-change level (``match_b``): for ``new``
     excess = np.full(len(sel), np.nan)
     if lum_bm is not None and match_b[2] and len(at):
         excess[at] = (
@@ -588,7 +590,7 @@ def _detect_tile(
                 dy2[at],
                 dx2[at],
                 1.15 * rad[at],
-                3.0 * rad[at],
+                2.0 * rad[at],
                 minus=lum_bm,
             )
             / match_b[2]
