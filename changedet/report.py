@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
 import os
@@ -628,16 +629,72 @@ class Section:
     body: str | Sequence[Any]
 
 
+#: Width (px) of the facility figure previews embedded in ``report.html``: about the page's
+#: width, so nothing is lost on screen; the PNG in ``figures/`` keeps the full resolution.
+PREVIEW_WIDTH_PX = 1100
+#: JPEG quality of those previews (with full-resolution colour, 4:4:4, so thin coloured lines
+#: and text stay sharp). A 150-dpi facility figure is ~1.4 MB as PNG, ~0.2 MB as this preview:
+#: a run with 256 facilities wrote a 504 MB page, which browsers struggle to open.
+PREVIEW_QUALITY = 85
+
+
+def preview_image(
+    path: str | os.PathLike[str], width_px: int = PREVIEW_WIDTH_PX
+) -> tuple[bytes, str]:
+    """A preview of a PNG file at most ``width_px`` wide: ``(bytes, media type)``.
+
+    The smallest of a JPEG of the downscaled image (photographic crops: several times
+    smaller), a PNG of it, and the file itself (flat graphics, which downscaling only
+    complicates); the same bytes every time.
+
+    Examples
+    --------
+    >>> import io, tempfile
+    >>> from PIL import Image
+    >>> png = Path(tempfile.mkdtemp()) / "f.png"
+    >>> Image.new("RGBA", (3000, 1500), (200, 30, 30, 255)).save(png)
+    >>> data, mime = preview_image(png)
+    >>> Image.open(io.BytesIO(data)).size, mime  # one flat colour: a small PNG
+    ((1100, 550), 'image/png')
+    """
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("RGB")  # the figures are opaque: the alpha channel carries nothing
+        if img.width > width_px:
+            height = max(1, round(img.height * width_px / img.width))
+            img = img.resize((width_px, height), Image.Resampling.LANCZOS)
+        jpeg, png = io.BytesIO(), io.BytesIO()
+        img.save(jpeg, format="JPEG", quality=PREVIEW_QUALITY, subsampling=0)
+        img.save(png, format="PNG")
+    original = Path(path).read_bytes()
+    options = [
+        (original, "image/png"),
+        (png.getvalue(), "image/png"),
+        (jpeg.getvalue(), "image/jpeg"),
+    ]
+    return min(options, key=lambda o: len(o[0]))  # the first of equals: stable
+
+
 @dataclass(frozen=True)
 class EmbeddedImage:
-    """An image file for :func:`html_image`, read and encoded only when the page is written."""
+    """An image file for :func:`html_image`, read and encoded only when the page is written.
+
+    With ``preview``, a smaller preview (:func:`preview_image`) is embedded instead, linked to
+    the file itself by its path relative to the page (``link``).
+    """
 
     path: Path
     alt: str
     caption: str = ""
+    preview: bool = False
+    link: str = ""
 
     def __str__(self) -> str:
-        return html_image(self.path, alt=self.alt, caption=self.caption)
+        if not self.preview:
+            return html_image(self.path, alt=self.alt, caption=self.caption)
+        data, mime = preview_image(self.path)
+        return html_image(data, alt=self.alt, caption=self.caption, mime=mime, href=self.link)
 
 
 def _body_parts(body: str | Sequence[Any]) -> Iterator[str]:
@@ -741,7 +798,12 @@ def html_definitions(items: Mapping[str, Any]) -> str:
 
 
 def html_image(
-    data: bytes | str | os.PathLike[str], *, alt: str, caption: str = "", mime: str = "image/png"
+    data: bytes | str | os.PathLike[str],
+    *,
+    alt: str,
+    caption: str = "",
+    mime: str = "image/png",
+    href: str = "",
 ) -> str:
     """A ``<figure>`` with the image embedded as base64 (the page stays self-contained).
 
@@ -751,11 +813,18 @@ def html_image(
         Image bytes, or the path of an image file.
     alt, caption
         Alternative text and caption.
+    mime
+        The image's media type.
+    href
+        Optional link target of the image (e.g. the full-resolution file, relative to the page).
     """
     raw = data if isinstance(data, bytes) else Path(data).read_bytes()
     b64 = base64.b64encode(raw).decode("ascii")
     cap = f"<figcaption>{html_escape(caption)}</figcaption>" if caption else ""
-    return f'<figure><img src="data:{mime};base64,{b64}" alt="{html_escape(alt)}">{cap}</figure>'
+    img = f'<img src="data:{mime};base64,{b64}" alt="{html_escape(alt)}">'
+    if href:
+        img = f'<a href="{html_escape(href)}">{img}</a>'
+    return f"<figure>{img}{cap}</figure>"
 
 
 def render_report_html(title: str, sections: Sequence[Section], *, subtitle: str = "") -> str:
@@ -969,7 +1038,13 @@ def write_report(
             parts.append(f"<h3>{html_escape(fac['id'])} {html_escape(fac.get('name', ''))}</h3>")
             if name in figures:
                 parts.append(
-                    EmbeddedImage(figures[name], alt=f"facility {fac['id']}", caption=name)
+                    EmbeddedImage(
+                        figures[name],
+                        alt=f"facility {fac['id']}",
+                        caption=f"{name} (preview; the link opens the full-resolution PNG)",
+                        preview=True,
+                        link=name,
+                    )
                 )
             parts.append(
                 html_table(

@@ -244,6 +244,48 @@ def test_html_table__escapes_and_formats() -> None:
     assert '<td class="num">3</td>' in out and "<td>–</td>" in out
 
 
+def test_embedded_image__preview_is_small_and_linked_to_the_full_png(tmp_path: Path) -> None:
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    from changedet.report import PREVIEW_WIDTH_PX, EmbeddedImage
+
+    def embedded(html: str) -> tuple[str, bytes]:
+        mime, b64 = re.search(r'src="data:([^;]+);base64,([^"]+)"', html).groups()
+        return mime, base64.b64decode(b64)
+
+    rng = np.random.default_rng(0)
+    for kind, image in (("flat", rng.random((20, 30))), ("photo", rng.random((400, 600)))):
+        png = tmp_path / f"facility_{kind}.png"
+        with figure_style():
+            fig = new_figure((8, 4))
+            fig.add_subplot().imshow(image, interpolation="nearest")
+            save_figure(fig, png, dpi=300)  # wider than the page
+        with Image.open(png) as full:
+            assert full.width > PREVIEW_WIDTH_PX
+            ratio = full.height / full.width
+        img = EmbeddedImage(png, alt="F", caption="c", preview=True, link=f"figures/{png.name}")
+        html = str(img)
+        assert html == str(img)  # the same bytes every time
+        assert f'<a href="figures/{png.name}"><img src="data:' in html
+        mime, data = embedded(html)
+        # flat graphics stay the PNG itself, photographic content becomes a downscaled JPEG:
+        # whichever is smaller
+        assert len(data) <= png.stat().st_size
+        if kind == "flat":
+            assert (mime, data) == ("image/png", png.read_bytes())
+        else:
+            assert mime == "image/jpeg" and len(data) < png.stat().st_size / 2
+            with Image.open(io.BytesIO(data)) as small:
+                assert small.width == PREVIEW_WIDTH_PX
+                assert small.height == pytest.approx(PREVIEW_WIDTH_PX * ratio, abs=1)
+    # without preview: the file itself, as PNG
+    assert embedded(str(EmbeddedImage(png, alt="F")))[1] == png.read_bytes()
+
+
 def test_write_report_html__renders_in_headless_chromium(tmp_path: Path) -> None:
     with figure_style():
         png = figure_bytes(_figure())
