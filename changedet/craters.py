@@ -491,6 +491,15 @@ def _detect_tile(
     sel = np.nonzero(keep)[0]
     row2, col2, dy2, dx2, rad = row2[sel], col2[sel], dy2[sel], dx2[sel], ref_r[sel]
     m = measure_all(lum, row2, col2, dy2, dx2, rad, sun_px)
+
+    def annulus(
+        arr: np.ndarray, idx: np.ndarray, r_in: float, r_out: float, minus: Any = None
+    ) -> np.ndarray:
+        """Mean of ``arr`` (or of ``|arr − minus|``) in ``r_in–r_out`` rim radii of ``idx``."""
+        return annulus_means(
+            arr, row2[idx], col2[idx], dy2[idx], dx2[idx], r_in * rad[idx], r_out * rad[idx], minus
+        )
+
     depth = m["depth"]
     with np.errstate(invalid="ignore", divide="ignore"):
         weber = depth / np.maximum(m["m_ring"] + offset, 1e-9)  # back in data units
@@ -520,16 +529,7 @@ def _detect_tile(
         inside[hit] = True
         at = np.nonzero(inside & (ejecta_part < 1) & (score >= p.score_threshold))[0]
         if len(at):
-            surround[at] = annulus_means(
-                lum,
-                row2[at],
-                col2[at],
-                dy2[at],
-                dx2[at],
-                1.15 * rad[at],
-                3.0 * rad[at],
-                minus=lum_b,
-            )
+            surround[at] = annulus(lum, at, 1.15, 3.0, lum_b)
             broken = ramps(surround[at], *p.roof_change_ramp)
             ejecta_part[at] += (1 - ejecta_part[at]) * broken
     score = score * ejecta_part
@@ -547,18 +547,12 @@ def _detect_tile(
     blueness = np.full(len(sel), np.nan)
     at = np.nonzero(ok)[0]
     if green_a is not None and len(at):
-        greenness[at] = annulus_means(
-            green_a, row2[at], col2[at], dy2[at], dx2[at], 0.0, 0.75 * rad[at]
-        )
+        greenness[at] = annulus(green_a, at, 0.0, 0.75)
         score[at] *= np.where(
             np.isfinite(greenness[at]), 1 - ramps(greenness[at], *p.vegetation_ramp), 1.0
         )
     if blue_a is not None and len(at):
-        blueness[at] = annulus_means(
-            blue_a, row2[at], col2[at], dy2[at], dx2[at], 0.0, 0.75 * rad[at]
-        ) - annulus_means(
-            blue_a, row2[at], col2[at], dy2[at], dx2[at], 1.15 * rad[at], 2.0 * rad[at]
-        )
+        blueness[at] = annulus(blue_a, at, 0.0, 0.75) - annulus(blue_a, at, 1.15, 2.0)
         score[at] *= np.where(
             np.isfinite(blueness[at]), 1 - ramps(blueness[at], *p.shadow_ramp), 1.0
         )
@@ -567,39 +561,16 @@ def _detect_tile(
     todo = at[~np.isfinite(surround[at])]  # not yet measured above
     if lum_b is not None and len(todo):
         # how much the surroundings changed (ejecta, a broken roof): |after - before| around
-        surround[todo] = annulus_means(
-            lum,
-            row2[todo],
-            col2[todo],
-            dy2[todo],
-            dx2[todo],
-            1.15 * rad[todo],
-            3.0 * rad[todo],
-            minus=lum_b,
-        )
+        surround[todo] = annulus(lum, todo, 1.15, 3.0, lum_b)
     # |after − before| over the continuous ejecta blanket (to 2 R; beyond it only scattered
     # blocks: mostly unchanged ground, whose share would decide), the before matched to the
     # after's units, against the pair's no-change level (``match_b``): for ``new``
     excess = np.full(len(sel), np.nan)
     if lum_bm is not None and match_b[2] and len(at):
-        excess[at] = (
-            annulus_means(
-                lum,
-                row2[at],
-                col2[at],
-                dy2[at],
-                dx2[at],
-                1.15 * rad[at],
-                2.0 * rad[at],
-                minus=lum_bm,
-            )
-            / match_b[2]
-        )
+        excess[at] = annulus(lum, at, 1.15, 2.0, lum_bm) / match_b[2]
     change_mean = np.full(len(sel), np.nan)
     if change is not None and len(at):
-        change_mean[at] = annulus_means(
-            np.asarray(change), row2[at], col2[at], dy2[at], dx2[at], 0.0, 1.5 * rad[at]
-        )
+        change_mean[at] = annulus(np.asarray(change), at, 0.0, 1.5)
     found = []
     for k in at:
         rec: dict[str, Any] = {
