@@ -104,15 +104,20 @@ def warp_array(data: Any, model: DisplacementModel, *, order: int = 3) -> Any:
     import dask.array as da
     from dask.array.overlap import ensure_minimum_chunksize
 
-    arr = data.astype(np.float32)
+    from changedet.io import window_reader
+
     chunks = (
-        arr.chunks[0],
-        ensure_minimum_chunksize(depth, arr.chunks[1]),
-        ensure_minimum_chunksize(depth, arr.chunks[2]),
+        data.chunks[0],
+        ensure_minimum_chunksize(depth, data.chunks[1]),
+        ensure_minimum_chunksize(depth, data.chunks[2]),
     )
-    arr = arr.rechunk(chunks)
-    row_offsets = np.concatenate([[0], np.cumsum(arr.chunks[1])])
-    col_offsets = np.concatenate([[0], np.cumsum(arr.chunks[2])])
+    row_offsets = np.concatenate([[0], np.cumsum(chunks[1])])
+    col_offsets = np.concatenate([[0], np.cumsum(chunks[2])])
+    read = window_reader(data)
+    if read is not None and len(chunks[0]) == 1:
+        return _warp_windows(read, data.shape, chunks, depth, model, order)
+
+    arr = data.astype(np.float32).rechunk(chunks)
 
     def _func(block: np.ndarray, block_info: dict[Any, Any] | None = None) -> np.ndarray:
         assert block_info is not None
@@ -127,4 +132,52 @@ def warp_array(data: Any, model: DisplacementModel, *, order: int = 3) -> Any:
         trim=False,  # _warp_block returns the block without its halo
         dtype=np.float32,
         meta=np.array((), np.float32),
+    )
+
+
+def _warp_windows(
+    read: Any,
+    shape: tuple[int, int, int],
+    chunks: tuple[tuple[int, ...], ...],
+    depth: int,
+    model: DisplacementModel,
+    order: int,
+) -> Any:
+    """:func:`warp_array` of a raster :func:`changedet.io.open_raster` opened, as a Dask array
+    whose every block reads its own haloed window from the file (``read``, see
+    :func:`changedet.io.window_reader`).
+
+    The blocks are the haloed blocks ``map_overlap`` would assemble (the same extents, NaN
+    beyond the image), so the values are the same; but no task depends on another. With
+    ``map_overlap`` each source chunk and the halo slices cut from it (NumPy views, which keep
+    the whole chunk) wait for all eight neighbours, and the threaded scheduler read chunks far
+    ahead of the warps that consume them: up to 765 results holding 1.9 GB at 16384² with 1024²
+    chunks (measured, see ``benchmarks/RESULTS.md``). Reading the halo again costs a little
+    decoding (a 1024² block with its halo touches 25 rather than 16 tiles of 256²).
+    """
+    import uuid
+
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
+
+    nb, ny, nx = shape
+    rows = np.concatenate([[0], np.cumsum(chunks[1])])
+    cols = np.concatenate([[0], np.cumsum(chunks[2])])
+
+    def block(i: int, j: int) -> np.ndarray:
+        r0, r1, c0, c1 = int(rows[i]), int(rows[i + 1]), int(cols[j]), int(cols[j + 1])
+        haloed = np.full((nb, r1 - r0 + 2 * depth, c1 - c0 + 2 * depth), np.nan, np.float32)
+        y0, y1 = max(r0 - depth, 0), min(r1 + depth, ny)
+        x0, x1 = max(c0 - depth, 0), min(c1 + depth, nx)
+        oy, ox = y0 - (r0 - depth), x0 - (c0 - depth)
+        haloed[:, oy : oy + y1 - y0, ox : ox + x1 - x0] = read(y0, y1, x0, x1)
+        return _warp_block(haloed, r0, c0, depth, model, order)
+
+    name = f"warp-windows-{uuid.uuid4().hex}"
+    dsk = {
+        (name, 0, i, j): (block, i, j) for i in range(len(chunks[1])) for j in range(len(chunks[2]))
+    }
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+    return da.Array(
+        graph, name, chunks=chunks, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32)
     )
