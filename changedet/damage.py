@@ -69,6 +69,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -399,6 +400,21 @@ def _gauss_mean(
         return np.where(den > 1e-6, num / den, np.nan)
 
 
+def _haloed_evidence_kernel(
+    before: np.ndarray,
+    after: np.ndarray,
+    *,
+    core: tuple[int, int, int, int],
+    window: tuple[int, int, int, int],
+    **kw: Any,
+) -> np.ndarray:
+    """:func:`_evidence_kernel` on haloed windows, trimmed to the block (see
+    :func:`changedet._haloed.haloed_map`)."""
+    from changedet._haloed import trim_to_core
+
+    return trim_to_core(_evidence_kernel(before, after, **kw), core, window)
+
+
 def _evidence_kernel(
     before: np.ndarray,
     after: np.ndarray,
@@ -577,21 +593,31 @@ def damage_evidence(
     if isinstance(bf.data, np.ndarray) and isinstance(af.data, np.ndarray):
         data = _evidence_kernel(bf.values, af.values, **kw)
     else:
-        import dask.array as da
+        from changedet._haloed import haloed_map
 
-        bd = da.asarray(bf.data).rechunk({0: -1})
-        ad = da.asarray(af.data).rechunk(bd.chunks)
-        data = da.map_overlap(
-            _evidence_kernel,
-            bd,
-            ad,
-            depth={0: 0, 1: depth, 2: depth},
-            boundary="none",
-            drop_axis=0,
-            dtype="float32",
-            meta=np.empty((0, 0), "float32"),
-            **kw,
-        )
+        data = None
+        if bf.dims == af.dims == ("band", "y", "x"):
+            # both read from files (the before image, a scratch raster): every block reads its
+            # haloed windows, no block waits for its neighbours (bounded memory, same values)
+            data = haloed_map(
+                _haloed_evidence_kernel, [bf.data, af.data], depth, pad_nan=False, **kw
+            )
+        if data is None:
+            import dask.array as da
+
+            bd = da.asarray(bf.data).rechunk({0: -1})
+            ad = da.asarray(af.data).rechunk(bd.chunks)
+            data = da.map_overlap(
+                _evidence_kernel,
+                bd,
+                ad,
+                depth={0: 0, 1: depth, 2: depth},
+                boundary="none",
+                drop_axis=0,
+                dtype="float32",
+                meta=np.empty((0, 0), "float32"),
+                **kw,
+            )
     out = template.copy(data=data).rename("damage_evidence")
     out.attrs = {"gsd_m": gsd, "halo_px": depth}
     return out
