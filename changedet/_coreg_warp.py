@@ -104,7 +104,7 @@ def warp_array(data: Any, model: DisplacementModel, *, order: int = 3) -> Any:
     import dask.array as da
     from dask.array.overlap import ensure_minimum_chunksize
 
-    from changedet.io import window_reader
+    from changedet._haloed import haloed_map
 
     chunks = (
         data.chunks[0],
@@ -113,9 +113,22 @@ def warp_array(data: Any, model: DisplacementModel, *, order: int = 3) -> Any:
     )
     row_offsets = np.concatenate([[0], np.cumsum(chunks[1])])
     col_offsets = np.concatenate([[0], np.cumsum(chunks[2])])
-    read = window_reader(data)
-    if read is not None and len(chunks[0]) == 1:
-        return _warp_windows(read, data.shape, chunks, depth, model, order)
+    # A file opened by open_raster: every block reads its haloed window from the file, the
+    # blocks map_overlap would build (same values), but no block waits for its neighbours.
+    # With map_overlap the threaded scheduler read chunks far ahead of the warps: 1.9 GB held
+    # at 16384² (benchmarks/RESULTS.md, 2026-11-30 session 3).
+    out = haloed_map(
+        _warp_window,
+        [data],
+        depth,
+        pad_nan=True,
+        leading=(data.chunks[0],),
+        halo=depth,
+        model=model,
+        order=order,
+    )
+    if out is not None:
+        return out
 
     arr = data.astype(np.float32).rechunk(chunks)
 
@@ -135,49 +148,14 @@ def warp_array(data: Any, model: DisplacementModel, *, order: int = 3) -> Any:
     )
 
 
-def _warp_windows(
-    read: Any,
-    shape: tuple[int, int, int],
-    chunks: tuple[tuple[int, ...], ...],
-    depth: int,
+def _warp_window(
+    haloed: np.ndarray,
+    *,
+    core: tuple[int, int, int, int],
+    window: tuple[int, int, int, int],
+    halo: int,
     model: DisplacementModel,
     order: int,
-) -> Any:
-    """:func:`warp_array` of a raster :func:`changedet.io.open_raster` opened, as a Dask array
-    whose every block reads its own haloed window from the file (``read``, see
-    :func:`changedet.io.window_reader`).
-
-    The blocks are the haloed blocks ``map_overlap`` would assemble (the same extents, NaN
-    beyond the image), so the values are the same; but no task depends on another. With
-    ``map_overlap`` each source chunk and the halo slices cut from it (NumPy views, which keep
-    the whole chunk) wait for all eight neighbours, and the threaded scheduler read chunks far
-    ahead of the warps that consume them: up to 765 results holding 1.9 GB at 16384² with 1024²
-    chunks (measured, see ``benchmarks/RESULTS.md``). Reading the halo again costs a little
-    decoding (a 1024² block with its halo touches 25 rather than 16 tiles of 256²).
-    """
-    import uuid
-
-    import dask.array as da
-    from dask.highlevelgraph import HighLevelGraph
-
-    nb, ny, nx = shape
-    rows = np.concatenate([[0], np.cumsum(chunks[1])])
-    cols = np.concatenate([[0], np.cumsum(chunks[2])])
-
-    def block(i: int, j: int) -> np.ndarray:
-        r0, r1, c0, c1 = int(rows[i]), int(rows[i + 1]), int(cols[j]), int(cols[j + 1])
-        haloed = np.full((nb, r1 - r0 + 2 * depth, c1 - c0 + 2 * depth), np.nan, np.float32)
-        y0, y1 = max(r0 - depth, 0), min(r1 + depth, ny)
-        x0, x1 = max(c0 - depth, 0), min(c1 + depth, nx)
-        oy, ox = y0 - (r0 - depth), x0 - (c0 - depth)
-        haloed[:, oy : oy + y1 - y0, ox : ox + x1 - x0] = read(y0, y1, x0, x1)
-        return _warp_block(haloed, r0, c0, depth, model, order)
-
-    name = f"warp-windows-{uuid.uuid4().hex}"
-    dsk = {
-        (name, 0, i, j): (block, i, j) for i in range(len(chunks[1])) for j in range(len(chunks[2]))
-    }
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
-    return da.Array(
-        graph, name, chunks=chunks, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32)
-    )
+) -> np.ndarray:
+    """:func:`_warp_block` of one haloed window read from the file (see :func:`warp_array`)."""
+    return _warp_block(haloed, core[0], core[2], halo, model, order)

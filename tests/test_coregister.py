@@ -122,9 +122,9 @@ def test_apply__from_file_reads_windows_and_gives_the_map_overlap_result(tmp_pat
     stage = LocalGrid(window_px=96, step_px=64).fit(before, after)
     a = open_raster(tmp_path / "a.tif", chunks=97)
     windowed = stage.apply(a)
-    assert all(k[0].startswith("warp-windows-") for k in dict(windowed.data.dask))
+    assert all(k[0].startswith("haloed-") for k in dict(windowed.data.dask))
     via_overlap = stage.apply(a.copy(data=a.data + np.float32(0)))  # not the file's array
-    assert not any(k[0].startswith("warp-windows-") for k in dict(via_overlap.data.dask))
+    assert not any(k[0].startswith("haloed-") for k in dict(via_overlap.data.dask))
     assert windowed.chunks == via_overlap.chunks
     np.testing.assert_array_equal(windowed.values, via_overlap.values)
     assert np.isnan(windowed.values[:, :, 300:]).all()
