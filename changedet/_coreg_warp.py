@@ -122,7 +122,7 @@ def warp_array(data: Any, model: DisplacementModel, *, order: int = 3) -> Any:
         [data],
         depth,
         pad_nan=True,
-        leading=(data.chunks[0],),
+        leading=((data.shape[0],),),
         halo=depth,
         model=model,
         order=order,

@@ -41,8 +41,9 @@ def haloed_map(
     **kwargs: Any,
 ) -> Any:
     """``func`` on every block of ``(band, y, x)`` Dask arrays, with ``depth`` px of halo read
-    from their files; ``None`` unless every array is one :func:`changedet.io.open_raster`
-    returned (all bands in one chunk, the same grid and chunks).
+    from their files; ``None`` unless :func:`changedet.io.window_reader` reads every array from
+    its file and they share their grid and ``y``/``x`` chunks (windows hold all bands, however
+    the bands are chunked).
 
     Parameters
     ----------
@@ -80,7 +81,7 @@ def haloed_map(
     readers = [window_reader(a) for a in arrays]
     first = arrays[0]
     if any(r is None for r in readers) or any(
-        a.shape != first.shape or a.chunks != first.chunks or len(a.chunks[0]) != 1 for a in arrays
+        a.ndim != 3 or a.shape != first.shape or a.chunks[1:] != first.chunks[1:] for a in arrays
     ):
         return None
     _, ny, nx = first.shape
