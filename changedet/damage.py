@@ -261,6 +261,18 @@ def _label_block(
     return labels
 
 
+def _sparse_block_counts(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_block_counts` as ``(columns, counts[:, columns])``: the footprints the block
+    touches (the columns not all zero; the others add nothing to the sums).
+
+    A dense result is ``6 × (footprints + 1)`` float64 per block, and Dask holds every
+    block's result until the last one: at 16384² (256 chunks, ~10⁵ footprints) 1.2 GB, the
+    damage stage's peak (measured, see ``benchmarks/RESULTS.md``, 2026-11-30 session 3)."""
+    counts = _block_counts(*args, **kwargs)
+    cols = np.flatnonzero(counts.any(axis=0))
+    return cols, counts[:, cols]
+
+
 def _block_counts(
     score: np.ndarray,
     unassessable: np.ndarray | None,
@@ -813,8 +825,9 @@ class _DamageJob:
             for (s, m, e), (_, _, shapes, outlines, coeffs) in zip(inputs, self.blocks, strict=True)
         ]
 
-    def compute(self) -> list[np.ndarray]:
-        """The per-block counts, one Dask task per block.
+    def compute(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The per-block counts, one Dask task per block, each as ``(columns, counts)``: only
+        the footprints the block touches (see :func:`_sparse_block_counts`).
 
         Each block's task carries its own graph of the maps, so a block's images are read
         again for its neighbours' halos. One graph for all blocks would read every chunk
@@ -824,19 +837,26 @@ class _DamageJob:
 
         n = len(self.fp)
         tasks = [
-            dask.delayed(_block_counts)(s, m, shapes, coeffs, n, self.threshold, e, outlines)
+            dask.delayed(_sparse_block_counts)(s, m, shapes, coeffs, n, self.threshold, e, outlines)
             for (s, m, e), (_, _, shapes, outlines, coeffs) in zip(
                 self.block_inputs(), self.blocks, strict=True
             )
         ]
         return list(dask.compute(*tasks))
 
-    def table(self, block_counts: Sequence[np.ndarray]) -> gpd.GeoDataFrame:
-        """The per-footprint table from the per-block counts (in the order of the blocks)."""
+    def table(
+        self, block_counts: Sequence[np.ndarray | tuple[np.ndarray, np.ndarray]]
+    ) -> gpd.GeoDataFrame:
+        """The per-footprint table from the per-block counts (in the order of the blocks),
+        dense or as ``(columns, counts)`` (:func:`_sparse_block_counts`; the same sums)."""
         params, transform, n = self.params, self.transform, len(self.fp)
         counts = np.zeros((6, n + 1))
         for c in block_counts:
-            counts += c
+            if isinstance(c, tuple):
+                cols, values = c
+                counts[:, cols] += values
+            else:
+                counts += c
         pixels, assessable, damaged, ssum, band_assessable, band_damaged = counts[:, 1:]
         damaged_m2 = damaged * abs(transform.a * transform.e - transform.b * transform.d)  # type: ignore[attr-defined]
         with np.errstate(invalid="ignore", divide="ignore"):
