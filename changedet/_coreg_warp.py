@@ -2,7 +2,8 @@
 
 Output pixel ``(c, r)`` on the before grid takes the after value at ``(c + dx, r + dy)``
 (cubic B-spline, ``scipy.ndimage.map_coordinates(order=3)``). On Dask arrays this runs with
-``map_overlap``; the halo is the model's largest displacement plus the spline support plus a
+``map_overlap``, or on an after image read from its file with haloed windows each block reads
+(:mod:`changedet._haloed`: the same blocks, bounded memory); the halo is the model's largest displacement plus the spline support plus a
 tail of :data:`SPLINE_TAIL_PX` pixels over which the B-spline prefilter (an IIR filter with pole
 0.268) decays below 1e-7 — so chunk seams do not change the result beyond float32 rounding.
 

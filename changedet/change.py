@@ -195,7 +195,9 @@ def change_scores(
     before, after
         ``(band, y, x)`` rasters on the same grid; NaN is nodata. Dask-backed inputs give lazy
         outputs computed with ``map_overlap`` (chunks may be any size; the band axis is
-        gathered into one chunk).
+        gathered into one chunk), or, when both are read from files (``open_raster``, scratch
+        rasters), from haloed windows each block reads (:mod:`changedet._haloed`; the same
+        values, bounded memory).
     params
         :class:`ChangeParams`; defaults when omitted.
     gsd_m

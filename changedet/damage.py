@@ -552,7 +552,9 @@ def damage_evidence(
     ----------
     before, after
         ``(band, y, x)`` rasters on the same grid, NaN for nodata. Dask-backed inputs give a
-        lazy map computed with ``map_overlap`` (halo from the window and the opening).
+        lazy map computed with ``map_overlap`` (halo from the window and the opening), or,
+        when both are read from files, from haloed windows each block reads
+        (:mod:`changedet._haloed`; the same values, bounded memory).
     params
         :class:`DamageParams`.
     gsd_m
