@@ -5,8 +5,8 @@ Runs :func:`changedet.pipeline.run_pair` in this process on a ``bench_pipeline``
 
 * the RSS of the process (psutil) and the stage the run is in (from the ``changedet`` log);
 * through a Dask callback, the bytes of the task results Dask holds at that moment (its
-  ``cache``: results waiting for their last consumer), the number of those results, and the
-  number of tasks running;
+  ``cache``: results waiting for their last consumer; a NumPy view counts with its whole base
+  array, which it keeps alive), the number of those results, and the number of tasks running;
 
 and prints, per stage, the peak RSS, the Dask-held bytes and tasks in flight at that peak, the
 largest Dask-held bytes during the stage and the CPU seconds of the stage. (Not yet: a
@@ -46,17 +46,24 @@ class _DaskHeld:
         self.lock = threading.Lock()
 
     def callback(self) -> Any:
+        import numpy as np
         from dask.callbacks import Callback
 
         me = self
 
-        def nbytes(v: Any) -> int:
-            n = getattr(v, "nbytes", None)
-            if isinstance(n, int):
-                return n
+        def nbytes(v: Any, seen: dict[int, int]) -> None:
+            """Bytes ``v`` keeps alive, into ``seen`` (by buffer): a NumPy view counts its
+            whole base (a strided sample of a chunk keeps the whole chunk)."""
             if isinstance(v, (list, tuple)):
-                return sum(nbytes(x) for x in v[:64])
-            return 0
+                for x in v[:64]:
+                    nbytes(x, seen)
+                return
+            base = v
+            while isinstance(getattr(base, "base", None), np.ndarray):
+                base = base.base
+            n = getattr(base, "nbytes", None)
+            if isinstance(n, int):
+                seen[id(base)] = n
 
         class CB(Callback):  # type: ignore[misc]
             def _start_state(self, dsk: Any, state: Any) -> None:
@@ -68,7 +75,10 @@ class _DaskHeld:
 
             def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
                 cache = state["cache"]
-                total = sum(nbytes(v) for v in list(cache.values()))
+                seen: dict[int, int] = {}
+                for v in list(cache.values()):
+                    nbytes(v, seen)
+                total = sum(seen.values())
                 with me.lock:
                     me.running -= 1
                     me.held_bytes = total

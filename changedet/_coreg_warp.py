@@ -2,7 +2,8 @@
 
 Output pixel ``(c, r)`` on the before grid takes the after value at ``(c + dx, r + dy)``
 (cubic B-spline, ``scipy.ndimage.map_coordinates(order=3)``). On Dask arrays this runs with
-``map_overlap``; the halo is the model's largest displacement plus the spline support plus a
+``map_overlap``, or on an after image read from its file with haloed windows each block reads
+(:mod:`changedet._haloed`: the same blocks, bounded memory); the halo is the model's largest displacement plus the spline support plus a
 tail of :data:`SPLINE_TAIL_PX` pixels over which the B-spline prefilter (an IIR filter with pole
 0.268) decays below 1e-7 — so chunk seams do not change the result beyond float32 rounding.
 
@@ -104,15 +105,33 @@ def warp_array(data: Any, model: DisplacementModel, *, order: int = 3) -> Any:
     import dask.array as da
     from dask.array.overlap import ensure_minimum_chunksize
 
-    arr = data.astype(np.float32)
+    from changedet._haloed import haloed_map
+
     chunks = (
-        arr.chunks[0],
-        ensure_minimum_chunksize(depth, arr.chunks[1]),
-        ensure_minimum_chunksize(depth, arr.chunks[2]),
+        data.chunks[0],
+        ensure_minimum_chunksize(depth, data.chunks[1]),
+        ensure_minimum_chunksize(depth, data.chunks[2]),
     )
-    arr = arr.rechunk(chunks)
-    row_offsets = np.concatenate([[0], np.cumsum(arr.chunks[1])])
-    col_offsets = np.concatenate([[0], np.cumsum(arr.chunks[2])])
+    row_offsets = np.concatenate([[0], np.cumsum(chunks[1])])
+    col_offsets = np.concatenate([[0], np.cumsum(chunks[2])])
+    # A file opened by open_raster: every block reads its haloed window from the file, the
+    # blocks map_overlap would build (same values), but no block waits for its neighbours.
+    # With map_overlap the threaded scheduler read chunks far ahead of the warps: 1.9 GB held
+    # at 16384² (benchmarks/RESULTS.md, 2026-11-30 session 3).
+    out = haloed_map(
+        _warp_window,
+        [data],
+        depth,
+        pad_nan=True,
+        leading=((data.shape[0],),),
+        halo=depth,
+        model=model,
+        order=order,
+    )
+    if out is not None:
+        return out
+
+    arr = data.astype(np.float32).rechunk(chunks)
 
     def _func(block: np.ndarray, block_info: dict[Any, Any] | None = None) -> np.ndarray:
         assert block_info is not None
@@ -128,3 +147,16 @@ def warp_array(data: Any, model: DisplacementModel, *, order: int = 3) -> Any:
         dtype=np.float32,
         meta=np.array((), np.float32),
     )
+
+
+def _warp_window(
+    haloed: np.ndarray,
+    *,
+    core: tuple[int, int, int, int],
+    window: tuple[int, int, int, int],
+    halo: int,
+    model: DisplacementModel,
+    order: int,
+) -> np.ndarray:
+    """:func:`_warp_block` of one haloed window read from the file (see :func:`warp_array`)."""
+    return _warp_block(haloed, core[0], core[2], halo, model, order)

@@ -38,12 +38,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
 from scipy import ndimage
 
+from changedet._haloed import haloed_map, trim_to_core
 from changedet.errors import BandMismatchError
 
 ThresholdMethod = Literal["otsu", "kittler"]
@@ -143,6 +144,20 @@ def _gauss_nan(
         return np.where(den > 1e-6, num / den, np.nan)
 
 
+def _haloed_window_kernel(
+    before: np.ndarray,
+    after: np.ndarray,
+    *,
+    core: tuple[int, int, int, int],
+    window: tuple[int, int, int, int],
+    **kw: Any,
+) -> np.ndarray:
+    """:func:`_window_kernel` on the luminance of haloed ``(band, y, x)`` windows, trimmed to
+    the block (see :func:`changedet._haloed.haloed_map`)."""
+    maps = _window_kernel(before.mean(axis=0), after.mean(axis=0), **kw)
+    return trim_to_core(maps, core, window)
+
+
 def _window_kernel(
     before_l: np.ndarray, after_l: np.ndarray, *, sigma: float, truncate: float, scale: float
 ) -> np.ndarray:
@@ -180,7 +195,9 @@ def change_scores(
     before, after
         ``(band, y, x)`` rasters on the same grid; NaN is nodata. Dask-backed inputs give lazy
         outputs computed with ``map_overlap`` (chunks may be any size; the band axis is
-        gathered into one chunk).
+        gathered into one chunk), or, when both are read from files (``open_raster``, scratch
+        rasters), from haloed windows each block reads (:mod:`changedet._haloed`; the same
+        values, bounded memory).
     params
         :class:`ChangeParams`; defaults when omitted.
     gsd_m
@@ -239,24 +256,37 @@ def change_scores(
     if isinstance(bl.data, np.ndarray):
         maps = _window_kernel(bl.values, al.values, **kw)
     else:
-        import dask.array as da
+        maps = None
+        if bf.dims == af.dims == ("band", "y", "x"):
+            # both read from files (the before image, a scratch raster): every block reads its
+            # haloed windows, no block waits for its neighbours (bounded memory, same values)
+            maps = haloed_map(
+                _haloed_window_kernel,
+                [bf.data, af.data],
+                depth,
+                pad_nan=False,
+                leading=((2,),),
+                **kw,
+            )
+        if maps is None:
+            import dask.array as da
 
-        # map_overlap cannot add an output axis, so do its three steps by hand: add halos,
-        # run the kernel per block, trim the halos (none at the scene's outer edges).
-        halo = {0: depth, 1: depth}
-        blocks_b = da.overlap.overlap(bl.data, depth=halo, boundary="none")
-        blocks_a = da.overlap.overlap(al.data, depth=halo, boundary="none")
-        maps = da.map_blocks(
-            _window_kernel,
-            blocks_b,
-            blocks_a,
-            new_axis=0,
-            chunks=((2,), *blocks_b.chunks),
-            dtype="float32",
-            meta=np.empty((0, 0, 0), "float32"),
-            **kw,
-        )
-        maps = da.overlap.trim_internal(maps, {0: 0, 1: depth, 2: depth}, boundary="none")
+            # map_overlap cannot add an output axis, so do its three steps by hand: add halos,
+            # run the kernel per block, trim the halos (none at the scene's outer edges).
+            halo = {0: depth, 1: depth}
+            blocks_b = da.overlap.overlap(bl.data, depth=halo, boundary="none")
+            blocks_a = da.overlap.overlap(al.data, depth=halo, boundary="none")
+            maps = da.map_blocks(
+                _window_kernel,
+                blocks_b,
+                blocks_a,
+                new_axis=0,
+                chunks=((2,), *blocks_b.chunks),
+                dtype="float32",
+                meta=np.empty((0, 0, 0), "float32"),
+                **kw,
+            )
+            maps = da.overlap.trim_internal(maps, {0: 0, 1: depth, 2: depth}, boundary="none")
     dssim = bl.copy(data=maps[0])
     texture = bl.copy(data=maps[1])
     k = params.cva_noise_k

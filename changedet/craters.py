@@ -106,6 +106,7 @@ from changedet._crater_measure import (
 )
 from changedet._crater_newness import persistence
 from changedet._crater_scale import LOCAL_TRUNCATE, TRUNCATE, Scales, make_scales, suppress
+from changedet._memory import compact_values
 from changedet.change import gsd_of
 from changedet.errors import BandMismatchError, ChangedetError
 
@@ -357,7 +358,7 @@ def _range_stats(lum: xr.DataArray) -> tuple[float, float, float]:
     """``(p2, range, median)`` of a regular sample (the same for any chunking)."""
     ny, nx = lum.shape
     step = max(1, math.ceil(math.sqrt(ny * nx / 250_000)))
-    sample = np.asarray(lum.data[::step, ::step])
+    sample = compact_values(lum.data[::step, ::step])  # copied per chunk: no chunk kept
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
         return 0.0, 1.0, 0.0

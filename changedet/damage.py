@@ -69,6 +69,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -260,6 +261,18 @@ def _label_block(
     return labels
 
 
+def _sparse_block_counts(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_block_counts` as ``(columns, counts[:, columns])``: the footprints the block
+    touches (the columns not all zero; the others add nothing to the sums).
+
+    A dense result is ``6 × (footprints + 1)`` float64 per block, and Dask holds every
+    block's result until the last one: at 16384² (256 chunks, ~10⁵ footprints) 1.2 GB, the
+    damage stage's peak (measured, see ``benchmarks/RESULTS.md``, 2026-11-30 session 3)."""
+    counts = _block_counts(*args, **kwargs)
+    cols = np.flatnonzero(counts.any(axis=0))
+    return cols, counts[:, cols]
+
+
 def _block_counts(
     score: np.ndarray,
     unassessable: np.ndarray | None,
@@ -399,6 +412,21 @@ def _gauss_mean(
         return np.where(den > 1e-6, num / den, np.nan)
 
 
+def _haloed_evidence_kernel(
+    before: np.ndarray,
+    after: np.ndarray,
+    *,
+    core: tuple[int, int, int, int],
+    window: tuple[int, int, int, int],
+    **kw: Any,
+) -> np.ndarray:
+    """:func:`_evidence_kernel` on haloed windows, trimmed to the block (see
+    :func:`changedet._haloed.haloed_map`)."""
+    from changedet._haloed import trim_to_core
+
+    return trim_to_core(_evidence_kernel(before, after, **kw), core, window)
+
+
 def _evidence_kernel(
     before: np.ndarray,
     after: np.ndarray,
@@ -524,7 +552,9 @@ def damage_evidence(
     ----------
     before, after
         ``(band, y, x)`` rasters on the same grid, NaN for nodata. Dask-backed inputs give a
-        lazy map computed with ``map_overlap`` (halo from the window and the opening).
+        lazy map computed with ``map_overlap`` (halo from the window and the opening), or,
+        when both are read from files, from haloed windows each block reads
+        (:mod:`changedet._haloed`; the same values, bounded memory).
     params
         :class:`DamageParams`.
     gsd_m
@@ -577,21 +607,31 @@ def damage_evidence(
     if isinstance(bf.data, np.ndarray) and isinstance(af.data, np.ndarray):
         data = _evidence_kernel(bf.values, af.values, **kw)
     else:
-        import dask.array as da
+        from changedet._haloed import haloed_map
 
-        bd = da.asarray(bf.data).rechunk({0: -1})
-        ad = da.asarray(af.data).rechunk(bd.chunks)
-        data = da.map_overlap(
-            _evidence_kernel,
-            bd,
-            ad,
-            depth={0: 0, 1: depth, 2: depth},
-            boundary="none",
-            drop_axis=0,
-            dtype="float32",
-            meta=np.empty((0, 0), "float32"),
-            **kw,
-        )
+        data = None
+        if bf.dims == af.dims == ("band", "y", "x"):
+            # both read from files (the before image, a scratch raster): every block reads its
+            # haloed windows, no block waits for its neighbours (bounded memory, same values)
+            data = haloed_map(
+                _haloed_evidence_kernel, [bf.data, af.data], depth, pad_nan=False, **kw
+            )
+        if data is None:
+            import dask.array as da
+
+            bd = da.asarray(bf.data).rechunk({0: -1})
+            ad = da.asarray(af.data).rechunk(bd.chunks)
+            data = da.map_overlap(
+                _evidence_kernel,
+                bd,
+                ad,
+                depth={0: 0, 1: depth, 2: depth},
+                boundary="none",
+                drop_axis=0,
+                dtype="float32",
+                meta=np.empty((0, 0), "float32"),
+                **kw,
+            )
     out = template.copy(data=data).rename("damage_evidence")
     out.attrs = {"gsd_m": gsd, "halo_px": depth}
     return out
@@ -787,8 +827,9 @@ class _DamageJob:
             for (s, m, e), (_, _, shapes, outlines, coeffs) in zip(inputs, self.blocks, strict=True)
         ]
 
-    def compute(self) -> list[np.ndarray]:
-        """The per-block counts, one Dask task per block.
+    def compute(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The per-block counts, one Dask task per block, each as ``(columns, counts)``: only
+        the footprints the block touches (see :func:`_sparse_block_counts`).
 
         Each block's task carries its own graph of the maps, so a block's images are read
         again for its neighbours' halos. One graph for all blocks would read every chunk
@@ -798,19 +839,26 @@ class _DamageJob:
 
         n = len(self.fp)
         tasks = [
-            dask.delayed(_block_counts)(s, m, shapes, coeffs, n, self.threshold, e, outlines)
+            dask.delayed(_sparse_block_counts)(s, m, shapes, coeffs, n, self.threshold, e, outlines)
             for (s, m, e), (_, _, shapes, outlines, coeffs) in zip(
                 self.block_inputs(), self.blocks, strict=True
             )
         ]
         return list(dask.compute(*tasks))
 
-    def table(self, block_counts: Sequence[np.ndarray]) -> gpd.GeoDataFrame:
-        """The per-footprint table from the per-block counts (in the order of the blocks)."""
+    def table(
+        self, block_counts: Sequence[np.ndarray | tuple[np.ndarray, np.ndarray]]
+    ) -> gpd.GeoDataFrame:
+        """The per-footprint table from the per-block counts (in the order of the blocks),
+        dense or as ``(columns, counts)`` (:func:`_sparse_block_counts`; the same sums)."""
         params, transform, n = self.params, self.transform, len(self.fp)
         counts = np.zeros((6, n + 1))
         for c in block_counts:
-            counts += c
+            if isinstance(c, tuple):
+                cols, values = c
+                counts[:, cols] += values
+            else:
+                counts += c
         pixels, assessable, damaged, ssum, band_assessable, band_damaged = counts[:, 1:]
         damaged_m2 = damaged * abs(transform.a * transform.e - transform.b * transform.d)  # type: ignore[attr-defined]
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -320,6 +320,15 @@ _READERS: dict[str, tuple[Path, float | None]] = {}
 _READERS_MAX = 256
 
 
+def rechunked_reader(data: Any, like: Any) -> None:
+    """Let :func:`window_reader` read ``data`` from the file of ``like``, an array
+    :func:`open_raster` returned, when ``data`` holds the same values (``like`` rechunked, e.g.
+    one chunk per band): its windows can then be read from the file too."""
+    entry = _READERS.get(getattr(like, "name", None))  # type: ignore[arg-type]
+    if entry is not None and data.shape == like.shape:
+        _remember_reader(data, *entry)
+
+
 def _remember_reader(data: Any, path: Path, nodata: float | None) -> None:
     if len(_READERS) >= _READERS_MAX:
         _READERS.pop(next(iter(_READERS)))  # oldest first

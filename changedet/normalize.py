@@ -41,6 +41,7 @@ import numpy as np
 import xarray as xr
 from scipy import linalg, special
 
+from changedet._memory import compact_values
 from changedet.errors import AllNodataError, BandMismatchError
 
 Model = Literal["linear", "quantile"]
@@ -134,8 +135,9 @@ def sample_pixels(
     ny, nx = before.sizes["y"], before.sizes["x"]
     stride = max(1, math.ceil(math.sqrt(ny * nx / max_samples)))
     sl = {"y": slice(stride // 2, None, stride), "x": slice(stride // 2, None, stride)}
-    b = before.isel(sl).values.reshape(before.sizes["band"], -1).T.astype("float64")
-    a = after.isel(sl).values.reshape(after.sizes["band"], -1).T.astype("float64")
+    # each chunk's sample is copied out of the chunk (a strided view would keep it in memory)
+    b = compact_values(before.isel(sl).data).reshape(before.sizes["band"], -1).T.astype("float64")
+    a = compact_values(after.isel(sl).data).reshape(after.sizes["band"], -1).T.astype("float64")
     ok = np.isfinite(b).all(axis=1) & np.isfinite(a).all(axis=1)
     return b[ok], a[ok]
 

@@ -491,7 +491,10 @@ class _Scratch:
         back = back.isel(band=0, drop=True) if flat else back
         back = back.transpose(*raster.dims)
         if back.chunks != raster.chunks:
+            stored_data = back.data
             back = back.chunk(dict(zip(raster.dims, raster.chunks, strict=True)))
+            if not flat:  # same values: windows of it can still be read from the file
+                cio.rechunked_reader(back.data, stored_data)
         # the stored raster on the original's grid: same coordinates, name and attributes
         back = back.assign_coords({d: raster.coords[d] for d in raster.dims if d in raster.coords})
         back.attrs = dict(raster.attrs)

@@ -135,3 +135,28 @@ def test_change_scores__given_noise_sigma_is_lazy_and_equal() -> None:
         np.testing.assert_array_equal(given[name].values, estimated[name].values)
     with pytest.raises(ValueError, match="noise_sigma needs one value per band"):
         change_scores(before, after, gsd_m=0.5, noise_sigma=np.ones(2))
+
+
+def test_change_scores__from_files_read_haloed_windows_same_values(tmp_path) -> None:
+    """Rasters opened with open_raster: every block reads its haloed windows from the files
+    (no block waits for its neighbours: bounded memory); the maps are exactly those of the
+    overlap path, nodata, scene edges and chunks smaller than the halo included (300 rows in
+    chunks of 98: the last one, 6 rows, takes 2 rows from its neighbour, the halo being 8 px)."""
+    from changedet.io import open_raster, write_cog
+    from changedet.testing import make_pair
+
+    before, after, _ = make_pair((3, 300, 340), shift_px=(0, 0), seed=6)
+    after = after.where(after.x < after.x[300])  # a nodata block
+    write_cog(before.astype("float32"), tmp_path / "b.tif", nodata=float("nan"))
+    write_cog(after.astype("float32"), tmp_path / "a.tif", nodata=float("nan"))
+    b = open_raster(tmp_path / "b.tif", chunks=98)
+    a = open_raster(tmp_path / "a.tif", chunks=98)
+    windowed = change_scores(b, a)
+    assert windowed.attrs["halo_px"] == 8 and windowed["dssim"].chunks[0][-2:] == (96, 8)
+    assert any(str(k[0]).startswith("haloed-") for k in dict(windowed["score"].data.dask))
+    # arithmetic gives arrays that are not the files' own: the overlap path
+    overlap = change_scores(b.copy(data=b.data + np.float32(0)), a.copy(data=a.data + 0))
+    assert not any(str(k[0]).startswith("haloed-") for k in dict(overlap["score"].data.dask))
+    for name in ("cva", "dssim", "texture", "score"):
+        assert windowed[name].chunks == overlap[name].chunks
+        np.testing.assert_array_equal(windowed[name].values, overlap[name].values)

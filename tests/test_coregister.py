@@ -110,6 +110,26 @@ def test_apply__dask_equals_numpy_on_odd_chunks() -> None:
     assert np.isnan(eager.values[:, :, 300:]).all()
 
 
+def test_apply__from_file_reads_windows_and_gives_the_map_overlap_result(tmp_path: Path) -> None:
+    """A file opened with open_raster is warped block by block from haloed windows read from
+    the file (no task depends on another: bounded memory); the values are exactly those of
+    the map_overlap path, nodata, scene edges and small edge chunks included."""
+    from changedet.io import open_raster, write_cog
+
+    before, after, _ = make_pair((3, 300, 340), shift_px=(4.3, -2.7), rotation_deg=0.2, seed=6)
+    after = after.where(after.x < after.x[300])  # a nodata block
+    write_cog(after.astype("float32"), tmp_path / "a.tif", nodata=float("nan"))
+    stage = LocalGrid(window_px=96, step_px=64).fit(before, after)
+    a = open_raster(tmp_path / "a.tif", chunks=97)
+    windowed = stage.apply(a)
+    assert all(k[0].startswith("haloed-") for k in dict(windowed.data.dask))
+    via_overlap = stage.apply(a.copy(data=a.data + np.float32(0)))  # not the file's array
+    assert not any(k[0].startswith("haloed-") for k in dict(via_overlap.data.dask))
+    assert windowed.chunks == via_overlap.chunks
+    np.testing.assert_array_equal(windowed.values, via_overlap.values)
+    assert np.isnan(windowed.values[:, :, 300:]).all()
+
+
 def test_apply__corrected_after_lines_up_with_before() -> None:
     shift = (5.6, -3.2)
     before, after, _ = make_pair(

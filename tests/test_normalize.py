@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -98,6 +100,36 @@ def test_sample_pixels__skips_nodata() -> None:
     after[:, :, :75] = np.nan
     b, a = sample_pixels(before, after, max_samples=1000)
     assert len(b) > 0 and np.isfinite(a).all()
+
+
+def test_sample_pixels__dask_keeps_no_chunk_alive(tmp_path: Path) -> None:
+    """Each chunk's strided sample is a copy, not a view holding its whole source chunk: Dask
+    holds every chunk's sample until the end, so views would hold the whole scene (3 GiB
+    at 16384², see benchmarks/RESULTS.md). Same values as the in-memory sample."""
+    from dask.callbacks import Callback
+
+    from changedet.io import open_raster, write_cog
+    from changedet.testing import make_raster
+
+    before = _scene(9, (256, 320)).astype("float32")
+    after = before * np.float32(1.1) + np.float32(3.0)
+    write_cog(make_raster(before.values), tmp_path / "b.tif")
+    write_cog(make_raster(after.values), tmp_path / "a.tif")
+    lazy_b = open_raster(tmp_path / "b.tif", chunks=64)  # chunks read from files, as in a run
+    lazy_a = open_raster(tmp_path / "a.tif", chunks=64)
+    held: list[int] = []
+
+    def posttask(key, result, dsk, state, worker_id) -> None:  # type: ignore[no-untyped-def]
+        for v in state["cache"].values():
+            if isinstance(v, np.ndarray) and v.base is not None:
+                held.append(np.asarray(v.base).nbytes - v.nbytes)
+
+    with Callback(posttask=posttask):
+        b, a = sample_pixels(lazy_b, lazy_a, max_samples=1000)
+    eb, ea = sample_pixels(lazy_b.compute(), lazy_a.compute(), max_samples=1000)
+    np.testing.assert_array_equal(b, eb)
+    np.testing.assert_array_equal(a, ea)
+    assert max(held, default=0) == 0  # no held result is a view into a larger array
 
 
 def test_fit__all_nodata_raises() -> None:

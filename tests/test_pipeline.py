@@ -406,3 +406,29 @@ def test_run_pair__scratch_folder_removed_when_a_stage_fails(
         )
     assert dirs and dirs[0] is not None and not dirs[0].exists()
     assert dirs[0].parent == tmp_path / "scratch" and not any((tmp_path / "scratch").iterdir())
+
+
+def test_scratch_keep__per_band_chunks_still_read_window_by_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept raster chunked one band per chunk (the quantile-normalised after image) is
+    rechunked back to those chunks, and window_reader still reads it from the scratch file:
+    the change and damage maps then read haloed windows (bounded memory) instead of overlap."""
+    import xarray as xr
+
+    import changedet.pipeline as pl
+    from changedet.io import open_raster, window_reader, write_cog
+    from changedet.testing import make_raster
+
+    monkeypatch.setattr(pl, "SCRATCH_IN_MEMORY_BYTES", 0)
+    rng = np.random.default_rng(0)
+    write_cog(make_raster(rng.uniform(0, 255, (3, 96, 80)).astype("float32")), tmp_path / "a.tif")
+    src = open_raster(tmp_path / "a.tif", chunks=32)
+    per_band = xr.concat([src.isel(band=[i]) * 2 for i in range(3)], dim="band")
+    assert per_band.chunks[0] == (1, 1, 1)
+    with pl._Scratch(tmp_path) as scratch:
+        kept = scratch.keep(per_band, "x")
+        assert kept.chunks == per_band.chunks
+        read = window_reader(kept.data)
+        assert read is not None
+        np.testing.assert_array_equal(read(10, 50, 5, 70), per_band.values[:, 10:50, 5:70])
