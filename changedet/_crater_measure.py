@@ -613,12 +613,14 @@ def annulus_means(
     r_in: np.ndarray,
     r_out: np.ndarray,
     minus: np.ndarray | None = None,
+    minus_scale: tuple[float, float] = (1.0, 0.0),
 ) -> np.ndarray:
     """Mean of the finite values of ``arr`` with ``r_in <= ρ < r_out`` px of each centre.
 
     Centres are integer tile pixels plus sub-pixel offsets; NaN where no value is finite. With
-    ``minus`` (an array like ``arr``), the mean of ``|arr − minus|`` instead, computed in the
-    windows only (no difference image of the whole tile).
+    ``minus`` (an array like ``arr``), the mean of ``|arr − (g · minus + o)|`` instead, with
+    ``(g, o) = minus_scale``, computed in the windows only (no difference image of the whole
+    tile).
 
     Examples
     --------
@@ -640,7 +642,10 @@ def annulus_means(
         h = int(half[idx[0]])
         win = _windows(arr, rows[idx], cols[idx], h)
         if minus is not None:
-            win = np.abs(win - _windows(minus, rows[idx], cols[idx], h))
+            other = _windows(minus, rows[idx], cols[idx], h)
+            if minus_scale != (1.0, 0.0):
+                other = minus_scale[0] * other + minus_scale[1]
+            win = np.abs(win - other)
         _, _, rho = _polar(h, dy[idx], dx[idx])
         mask = (rho >= r_in[idx][:, None, None]) & (rho < r_out[idx][:, None, None])
         res[idx] = _masked_mean(win, mask)

@@ -382,8 +382,9 @@ def _before_match(
     """
     ny, nx = after_l.shape
     step = max(1, math.ceil(math.sqrt(ny * nx / 250_000)))
-    a = (np.asarray(after_l.data[::step, ::step], np.float64) - stats_a[0]) / stats_a[1]
-    b = (np.asarray(before_l.data[::step, ::step], np.float64) - stats_b[0]) / stats_b[1]
+    # copied per chunk: a strided view would keep each whole chunk in memory
+    a = (compact_values(after_l.data[::step, ::step]).astype(np.float64) - stats_a[0]) / stats_a[1]
+    b = (compact_values(before_l.data[::step, ::step]).astype(np.float64) - stats_b[0]) / stats_b[1]
     ok = np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 100:
         return 1.0, 0.0, None
@@ -463,10 +464,9 @@ def _detect_tile(
         (gy >= y0 - reach_px) & (gy < y1 + reach_px) & (gx >= x0 - reach_px) & (gx < x1 + reach_px)
     )
     cand = cand[near]
-    lum_b = lum_bm = None
+    lum_b = None
     if before_l is not None and stats_b is not None:
         lum_b = (np.asarray(before_l, np.float64) - stats_b[0]) / stats_b[1]
-        lum_bm = match_b[0] * lum_b + match_b[1]  # in the after's units: for |after − before|
     p = params
     found = []
     offset = lo / rng_  # data value 0 in units of the range
@@ -494,11 +494,24 @@ def _detect_tile(
     m = measure_all(lum, row2, col2, dy2, dx2, rad, sun_px)
 
     def annulus(
-        arr: np.ndarray, idx: np.ndarray, r_in: float, r_out: float, minus: Any = None
+        arr: np.ndarray,
+        idx: np.ndarray,
+        r_in: float,
+        r_out: float,
+        minus: Any = None,
+        scale: tuple[float, float] = (1.0, 0.0),
     ) -> np.ndarray:
-        """Mean of ``arr`` (or of ``|arr − minus|``) in ``r_in–r_out`` rim radii of ``idx``."""
+        """Mean of ``arr`` (or of ``|arr − (g · minus + o)|``) in ``r_in–r_out`` radii of ``idx``."""
         return annulus_means(
-            arr, row2[idx], col2[idx], dy2[idx], dx2[idx], r_in * rad[idx], r_out * rad[idx], minus
+            arr,
+            row2[idx],
+            col2[idx],
+            dy2[idx],
+            dx2[idx],
+            r_in * rad[idx],
+            r_out * rad[idx],
+            minus,
+            scale,
         )
 
     depth = m["depth"]
@@ -567,8 +580,8 @@ def _detect_tile(
     # blocks: mostly unchanged ground, whose share would decide), the before matched to the
     # after's units, against the pair's no-change level (``match_b``): for ``new``
     excess = np.full(len(sel), np.nan)
-    if lum_bm is not None and match_b[2] and len(at):
-        excess[at] = annulus(lum, at, 1.15, 2.0, lum_bm) / match_b[2]
+    if lum_b is not None and match_b[2] and len(at):
+        excess[at] = annulus(lum, at, 1.15, 2.0, lum_b, match_b[:2]) / match_b[2]
     change_mean = np.full(len(sel), np.nan)
     if change is not None and len(at):
         change_mean[at] = annulus(np.asarray(change), at, 0.0, 1.5)
