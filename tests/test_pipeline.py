@@ -47,9 +47,8 @@ def sun(site: Path) -> tuple[float, float]:
     return float(az), float(el)
 
 
-@pytest.fixture(scope="module")
-def run(site: Path, sun: tuple[float, float], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("out")
+def _run_site(site: Path, sun: tuple[float, float], out: Path) -> None:
+    """The whole pipeline on the generated site, with footprints, facilities and the sun."""
     run_pair(
         site / "before.tif",
         site / "after.tif",
@@ -59,6 +58,12 @@ def run(site: Path, sun: tuple[float, float], tmp_path_factory: pytest.TempPathF
         sun_azimuth_deg=sun[0],
         sun_elevation_deg=sun[1],
     )
+
+
+@pytest.fixture(scope="module")
+def run(site: Path, sun: tuple[float, float], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("out")
+    _run_site(site, sun, out)
     return out
 
 
@@ -240,15 +245,7 @@ def test_run_pair__failed_rerun_keeps_the_finished_runs_log(
     log_before = (out / "run.log").read_bytes()
     _fail_coregistration(monkeypatch)
     with pytest.raises(RuntimeError, match="disk vanished"):
-        run_pair(
-            site / "before.tif",
-            site / "after.tif",
-            out=out,
-            footprints=site / "footprints.geojson",
-            facilities=site / "facilities.geojson",
-            sun_azimuth_deg=sun[0],
-            sun_elevation_deg=sun[1],
-        )
+        _run_site(site, sun, out)
     assert (out / "run.log").read_bytes() == log_before
 
 
