@@ -183,8 +183,10 @@ def guard_output_folder(
     out = Path(out_dir)
     if overwrite or not out.exists():
         return
+    from changedet.pipeline import SCRATCH_PREFIX
+
     # a killed run's scratch folder is no result (the run that claims the folder removes it)
-    entries = {p.name for p in out.iterdir() if not p.name.startswith(".changedet-scratch-")}
+    entries = {p.name for p in out.iterdir() if not p.name.startswith(SCRATCH_PREFIX)}
     if entries <= {"run.log"}:  # empty, or only what a run that failed here left
         return
     manifest_path = out / "manifest.json"

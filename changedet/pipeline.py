@@ -600,7 +600,9 @@ class _RunLog(logging.Handler):
         if out is None or (out / "manifest.json").exists():
             return None
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        reason = str(exc).strip() or "interrupted"
+        reason = str(exc).strip() or (
+            "interrupted" if isinstance(exc, KeyboardInterrupt) else "(no message)"
+        )
         self.lines.append(f"{stamp} ERROR run failed: {type(exc).__name__}: {reason}")
         try:
             out.mkdir(parents=True, exist_ok=True)
