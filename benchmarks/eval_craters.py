@@ -113,6 +113,7 @@ def evaluate_site(
     seed: int,
     overrides: dict[str, Any] | None = None,
     modes: tuple[str, ...] = ("paired", "single"),
+    sun: str = "truth",
 ) -> dict[str, Any]:
     import geopandas as gpd
 
@@ -123,12 +124,27 @@ def evaluate_site(
     before, after, scene = load_pair(site)
     s = scene["settings"]
     az, el = s["sun_after"]
+    res_sun: dict[str, Any] = {"true_azimuth": az}
+    if sun == "none":
+        az, el = None, None
+    elif sun == "azimuth":
+        el = None
+    elif sun == "estimate":
+        from changedet.sun import estimate_sun_azimuth
+
+        true_az = az
+        az, detail = estimate_sun_azimuth(after)
+        el = None
+        res_sun.update(estimated_azimuth=az, shadow_contrast=detail.get("shadow_contrast"))
+        if az is not None:
+            res_sun["azimuth_error"] = abs((az - true_az + 180) % 360 - 180)
     truth = gpd.read_file(site / "truth" / "craters.geojson")
     truth = truth.to_crs(before.rio.crs)
     foot = gpd.read_file(site / "footprints.geojson")
     res: dict[str, Any] = {"seed": seed, "n_true": len(truth), "gsd": float(s["gsd_m"])}
     res["area_km2"] = before.shape[1] * before.shape[2] * s["gsd_m"] ** 2 / 1e6
     res["true_d"] = truth["diameter_m"].tolist()
+    res["sun"] = res_sun
     for mode in modes:
         t0 = time.process_time()  # CPU seconds: the machine may be shared
         found = detect_craters(
@@ -279,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--paired-only", action="store_true", help="skip the single-image mode (half the time)"
     )
+    ap.add_argument(
+        "--sun",
+        choices=("truth", "azimuth", "estimate", "none"),
+        default="truth",
+        help="sun angles given to the detector: both true angles (default), the true azimuth "
+        "only, the azimuth estimated from tree shadows (changedet.sun), or none",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write the per-site results here")
     ap.add_argument("--memory-pair", type=Path, default=None, help="measure the working set")
     ap.add_argument("--chunk", type=int, default=1024, help="chunk size for --memory-pair")
@@ -297,15 +320,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers > 1:
         with Pool(args.workers) as pool:
             results = pool.map(
-                partial(evaluate_site, overrides=overrides, modes=modes), seeds, chunksize=1
+                partial(evaluate_site, overrides=overrides, modes=modes, sun=args.sun),
+                seeds,
+                chunksize=1,
             )
     else:
-        results = [evaluate_site(s, overrides, modes) for s in seeds]
+        results = [evaluate_site(s, overrides, modes, args.sun) for s in seeds]
     wall = time.perf_counter() - t0
     print(
         f"split={args.split} seeds={seeds[0]}..{seeds[-1]} ({len(seeds)} scenes of {SIZE_PX}², "
-        f"0.5 m) wall {wall:.0f} s"
+        f"0.5 m) wall {wall:.0f} s, sun angles: {args.sun}"
     )
+    if args.sun == "estimate":
+        errs = [r["sun"].get("azimuth_error") for r in results]
+        got = [e for e in errs if e is not None]
+        print(
+            f"sun azimuth estimated in {len(got)}/{len(errs)} scenes"
+            + (f", error median {np.median(got):.1f}°, max {max(got):.1f}°" if got else "")
+        )
     head = (
         f"{'mode':8s} {'P':>6s} {'R':>6s} {'F1':>6s} {'R>=2m':>6s} {'derr':>6s} "
         f"{'false/km2':>9s} {'cpu s/scene':>11s} {'true':>5s} {'det':>5s}"

@@ -257,9 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--facilities", type=Path, help="facility list (GeoJSON/GeoPackage/CSV lon,lat)")
     _add_config_args(p)
     p.add_argument(
-        "--sun-azimuth", type=float, help="sun azimuth of the after image, degrees from north"
+        "--sun-azimuth",
+        type=float,
+        help="sun azimuth of the after image, degrees from north (default: from its metadata, "
+        "else estimated from tree shadows in RGB imagery)",
     )
-    p.add_argument("--sun-elevation", type=float, help="sun elevation of the after image, degrees")
+    p.add_argument(
+        "--sun-elevation",
+        type=float,
+        help="sun elevation of the after image, degrees (default: from its metadata, else "
+        "unknown: the crater shading test then assumes a sun up to craters.max_sun_elevation_deg)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--scratch-dir",

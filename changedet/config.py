@@ -34,6 +34,7 @@ from changedet.craters import CraterParams
 from changedet.damage import DamageParams
 from changedet.errors import ConfigError
 from changedet.normalize import NormalizeParams
+from changedet.sun import SunParams
 
 T = TypeVar("T")
 
@@ -207,6 +208,10 @@ class Config:
     )
     change: ChangeParams = _doc(
         "Change score maps and the change mask.", default_factory=ChangeParams
+    )
+    sun: SunParams = _doc(
+        "The after image's sun position when not given: its metadata, else tree shadows.",
+        default_factory=SunParams,
     )
     craters: CraterParams = _doc("Crater detection.", default_factory=CraterParams)
     facilities: FacilitiesConfig = _doc(

@@ -205,9 +205,13 @@ class CraterParams:
         expected dipole (shallower craters, blur), a dark patch with a chance brightness gradient
         rarely. Under a very low sun (< 25°) the bowl fills with shadow and loses its dipole:
         such craters are missed rather than guessed.
-    shading_ramp_no_elevation
-        The same with the azimuth only (absolute ``shading`` values): only a clear mound is
-        rejected; no dipole scores 0.67. Without the azimuth the test is skipped.
+    max_sun_elevation_deg
+        With the azimuth known but not the elevation, ``shading_ramp`` applies to the dipole
+        expected under a sun this high: the weakest shading a bowl can show at any plausible
+        elevation (70°: higher suns are rare in optical satellite imagery, taken mostly around
+        10:30 local time; a bowl under a higher one is nearly unshaded). A flat dark patch or a
+        cast shadow still scores 0. Without the azimuth the test is skipped
+        (:func:`changedet.sun.resolve_sun` estimates it from tree shadows when it can).
     score_threshold
         Least ``score`` of a returned detection.
     max_persistence
@@ -288,7 +292,7 @@ class CraterParams:
     ejecta_ramp: tuple[float, float] = (-0.1, 0.1)
     ejecta_weight: float = 0.5
     shading_ramp: tuple[float, float] = (0.4, 0.7)
-    shading_ramp_no_elevation: tuple[float, float] = (-0.2, 0.1)
+    max_sun_elevation_deg: float = 70.0
     score_threshold: float = 0.5
     max_persistence: float = 0.5
     persistence_search: float = 0.25
@@ -320,10 +324,14 @@ class CraterParams:
             "shadow",
             "roof_change",
         ):
-            for suffix in ("_ramp", "_ramp_no_elevation") if name == "shading" else ("_ramp",):
-                lo, hi = getattr(self, name + suffix)
-                if not lo < hi:
-                    raise ValueError(f"CraterParams: {name}{suffix} must be (lo, hi) with lo < hi")
+            lo, hi = getattr(self, name + "_ramp")
+            if not lo < hi:
+                raise ValueError(f"CraterParams: {name}_ramp must be (lo, hi) with lo < hi")
+        if not 0 < self.max_sun_elevation_deg < 90:
+            raise ValueError(
+                f"CraterParams: max_sun_elevation_deg must lie in (0, 90), "
+                f"not {self.max_sun_elevation_deg}"
+            )
         if not 0 <= self.score_threshold <= 1 or not 0 <= self.ejecta_weight <= 1:
             raise ValueError("CraterParams: score_threshold and ejecta_weight must lie in [0, 1]")
         if self.scales_per_octave < 1 or self.tile_px < 64:
@@ -447,7 +455,7 @@ def _detect_tile(
     scales: Scales,
     params: CraterParams,
     sun_px: tuple[float, float] | None,
-    expected_dipole: float | None,
+    expected_dipole: float,
     d_px: tuple[float, float],
     match_b: tuple[float, float, float | None] = (1.0, 0.0, None),
     roofs: np.ndarray | None = None,
@@ -553,11 +561,8 @@ def _detect_tile(
     score = score * ejecta_part
     if sun_px is not None:
         sh = m["shading"]
-        if expected_dipole is not None:
-            lo_s, hi_s = p.shading_ramp
-            part = ramps(sh, lo_s * expected_dipole, hi_s * expected_dipole)
-        else:
-            part = ramps(sh, *p.shading_ramp_no_elevation)
+        lo_s, hi_s = p.shading_ramp
+        part = ramps(sh, lo_s * expected_dipole, hi_s * expected_dipole)
         score = score * np.where(np.isfinite(sh), part, 1.0)
     # colour evidence only scales the score down: measure it where the score can still pass
     ok &= score >= p.score_threshold
@@ -729,11 +734,12 @@ def detect_craters(
         :class:`CraterParams`; defaults when omitted.
     sun_azimuth_deg
         Sun azimuth of the after image, degrees clockwise from north (``scene.json`` or the
-        image metadata). ``None`` skips the shading test (``shading`` is NaN).
+        image metadata, or :func:`changedet.sun.resolve_sun`). ``None`` skips the shading test
+        (``shading`` is NaN).
     sun_elevation_deg
         Sun elevation of the after image, degrees. With it the shading test asks for the
-        dipole a bowl shows at that elevation (rejecting flat cast shadows); without it only a
-        mound-like dipole is rejected.
+        dipole a bowl shows at that elevation (rejecting flat cast shadows); without it, for the
+        dipole under a sun at ``params.max_sun_elevation_deg``.
     footprints
         Building footprint polygons (GeoDataFrame, GeoSeries or a path); a detection whose
         centre lies inside one has ``on="building"``, else ``"ground"``; with a before image,
@@ -839,11 +845,13 @@ def detect_craters(
     if before_l is not None and stats_b is not None:
         match_b = _before_match(after_l, before_l, stats_a, stats_b)
     sun_px = None
-    expected_dipole = None
-    if sun_azimuth_deg is not None and sun_elevation_deg is not None:
+    # a bowl's dipole under the sun's elevation, or under the highest plausible sun
+    elevation = params.max_sun_elevation_deg
+    if sun_elevation_deg is not None:
         if not 0 < float(sun_elevation_deg) <= 90:
             raise ValueError(f"sun_elevation_deg must lie in (0, 90], not {sun_elevation_deg}")
-        expected_dipole = 0.6 * math.cos(math.radians(float(sun_elevation_deg)))
+        elevation = float(sun_elevation_deg)
+    expected_dipole = 0.6 * math.cos(math.radians(elevation))
     if sun_azimuth_deg is not None:
         az = math.radians(float(sun_azimuth_deg))
         sx = math.copysign(1.0, _axis_step(np.asarray(after_l.x), 1.0))

@@ -61,6 +61,7 @@ import numpy as np
 import xarray as xr
 
 from changedet.config import Config
+from changedet.sun import resolve_sun
 
 log = logging.getLogger("changedet")
 
@@ -89,6 +90,9 @@ class PairResult:
         GeoDataFrames in the scene CRS.
     facilities
         One row per facility (:func:`changedet.facilities.score_facilities`), or ``None``.
+    sun
+        The after image's sun position the crater shading test used, and where it came from
+        (:class:`changedet.sun.Sun`).
     outputs
         Files written, by name.
     timings
@@ -105,6 +109,7 @@ class PairResult:
     craters: gpd.GeoDataFrame
     damage: gpd.GeoDataFrame
     facilities: gpd.GeoDataFrame | None = None
+    sun: Any = None
     outputs: dict[str, Path] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -174,9 +179,11 @@ def run_pair(
     config
         :class:`changedet.config.Config`; defaults when omitted.
     sun_azimuth_deg, sun_elevation_deg
-        Sun azimuth (degrees clockwise from north) and elevation of the after image, from its
-        metadata, when known: they enable the crater shading test (a bowl's sun-side wall is
-        in shadow, a mound's is lit).
+        Sun azimuth (degrees clockwise from north) and elevation of the after image, when
+        known: they enable the crater shading test (a bowl's sun-side wall is in shadow, a
+        mound's is lit). Either left ``None`` is read from the after image's metadata, and the
+        azimuth otherwise estimated from tree shadows (:func:`changedet.sun.resolve_sun`,
+        ``config.sun``); ``PairResult.sun`` and the manifest record what was used.
     progress
         Show progress bars for the chunked computations.
     overwrite
@@ -308,13 +315,21 @@ def _run_pair(
         thr = change.threshold_score(scores["score"], cfg.change.threshold)
         na = change.not_assessable(before_da, after_c, saturation=cfg.change.saturation)
     with _stage("craters", timings), _progress(progress):
+        sun = resolve_sun(
+            after[0] if isinstance(after, list) else after,
+            given=(sun_azimuth_deg, sun_elevation_deg),
+            image=after_n,
+            rgb_bands=cfg.craters.rgb_bands,
+            params=cfg.sun,
+        )
+        log.info("sun of the after image: %s", sun.describe())
         crater_gdf = craters.detect_craters(
             after_n,
             before_da,
             change=scores,
             params=cfg.craters,
-            sun_azimuth_deg=sun_azimuth_deg,
-            sun_elevation_deg=sun_elevation_deg,
+            sun_azimuth_deg=sun.azimuth_deg,
+            sun_elevation_deg=sun.elevation_deg,
             footprints=fp,
         )
     with _stage("damage", timings), _progress(progress):
@@ -360,6 +375,7 @@ def _run_pair(
         craters=crater_gdf,
         damage=damage_gdf,
         facilities=fac_scores,
+        sun=sun,
         timings=timings,
     )
     if out is not None:
@@ -377,6 +393,7 @@ def _run_pair(
             outputs=result.outputs,
             out_dir=Path(out),
         )
+        manifest["sun"] = sun.to_dict()
         if footprints is not None and _path(footprints) is None:
             manifest["inputs"].append(
                 {"role": "footprints", "path": None, "note": "in-memory GeoDataFrame"}

@@ -898,6 +898,19 @@ def _coreg_figure(coreg: Any, before: Any, dpi: int) -> bytes:
         return figure_bytes(fig, "png", dpi=dpi)
 
 
+def _sun_line(sun: Mapping[str, Any] | None) -> str:
+    """The manifest's sun record as one line (``"not recorded"`` for older manifests)."""
+    if not sun:
+        return "not recorded"
+    from changedet.sun import Sun
+
+    line = Sun(**sun).describe()
+    contrast = sun.get("detail", {}).get("shadow_contrast")
+    if sun.get("source") == "tree shadows" and contrast is not None:
+        line += f", shadow contrast {contrast:.2f}"
+    return line
+
+
 def write_report(
     out: str | os.PathLike[str],
     *,
@@ -979,6 +992,7 @@ def write_report(
         "imagery credit": fields["attribution"],
         "grid": f"{crs_name}, pixel {abs(res[0]):g} × {abs(res[1]):g} (CRS units)",
         "co-registration gate": gate,
+        "sun of the after image (crater shading test)": _sun_line(manifest.get("sun")),
         "new craters": n_new,
         "detections already in the before image (not counted)": n_old,
         "damage (per footprint or region)": (

@@ -197,6 +197,18 @@ def test_run_pair__run_log_and_manifest_entries(run: Path) -> None:
     assert "run.log" not in manifest["outputs"]
     assert manifest["unchecked_outputs"]["run.log"]["reason"] == RUN_LOG_REASON
     assert manifest["timings_s"]["report"] >= 0
+    assert manifest["sun"]["source"] == "given"
+    assert "sun of the after image: azimuth" in text
+
+
+def test_run_pair__without_sun_angles_estimates_the_azimuth_from_tree_shadows(
+    site: Path, sun: tuple[float, float]
+) -> None:
+    res = run_pair(site / "before.tif", site / "after.tif", footprints=site / "footprints.geojson")
+    assert res.sun.source == "tree shadows" and res.sun.elevation_deg is None
+    assert abs((res.sun.azimuth_deg - sun[0] + 180) % 360 - 180) <= 10
+    # the crater stage used it: shading is measured (it is NaN without an azimuth)
+    assert len(res.craters) and np.isfinite(res.craters["shading"]).all()
 
 
 def _fail_coregistration(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,361 @@
+"""The sun's position in the after image: given, read from the image's metadata, or estimated
+from the shadows trees cast.
+
+The crater shading test needs the sun's azimuth (a bowl's inner wall nearest the sun is in
+shadow, a mound's is lit) and, at full strength, its elevation (how strong that shading is).
+Without the azimuth the test is skipped, and a scene's cast shadows, bushes and dark patches
+pass for craters far more often (see ``benchmarks/RESULTS.md``, "Sun position").
+
+Where the angles come from, in this order (:func:`resolve_sun`):
+
+1. **given** by the caller (``--sun-azimuth`` / ``--sun-elevation``);
+2. **metadata** of the after image, in any GDAL metadata domain: DigitalGlobe/Maxar ``.IMD``
+   (``IMAGE_1.meanSunAz`` / ``meanSunEl``, which GDAL reads from the file beside the image),
+   and tags such as ``SUN_AZIMUTH`` / ``SUN_ELEVATION`` or ``sun_azimuth`` / ``sun_elevation``
+   that other deliveries and our own outputs carry (:func:`sun_from_metadata`);
+3. **estimated** azimuth from tree shadows (:func:`estimate_sun_azimuth`): an elevated object
+   casts its shadow away from the sun. Tree crowns are the objects — green (excess-green index),
+   and round, so free of the bias of rectangular buildings laid out on a grid (their shadows
+   favour the directions of the street grid). Each crown mask is moved 1–8 m in each direction
+   θ, and the median brightness of the ground it lands on (outside any crown) is taken; the
+   direction where that ground is darkest is the shadow's, and the sun lies opposite. The
+   estimate is kept only when the shadow side is clearly darker than the sun side
+   (``min_shadow_contrast``) over enough crown pixels, else the azimuth stays unknown. It needs
+   red, green and blue bands and trees resolved by a few pixels (≤ 2 m pixels).
+
+The elevation is not estimated: a shadow's length depends on the unknown heights of the trees.
+Without it the shading test assumes the highest plausible sun
+(:attr:`changedet.craters.CraterParams.max_sun_elevation_deg`).
+
+Examples
+--------
+>>> from changedet.sun import resolve_sun
+>>> resolve_sun(None, given=(160.0, 42.0)).source
+'given'
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from os import PathLike
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+__all__ = ["Sun", "SunParams", "estimate_sun_azimuth", "resolve_sun", "sun_from_metadata"]
+
+_AZIMUTH_KEY = re.compile(r"(^|[._])(mean)?_?sun_?az(imuth)?(_?angle)?$", re.IGNORECASE)
+_ELEVATION_KEY = re.compile(r"(^|[._])(mean)?_?sun_?el(evation)?(_?angle)?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class SunParams:
+    """How the sun position is found when not given.
+
+    Attributes
+    ----------
+    read_metadata
+        Look for the sun angles in the after image's metadata.
+    estimate
+        Estimate the azimuth from tree shadows when neither given nor in the metadata.
+    min_shadow_contrast
+        Least ``1 − dark / lit`` between the ground on the shadow side of the crowns and on
+        the sun side: sunlit ground next to a tree is 1.5–3 times as bright as its shadow, so a
+        real shadow gives 0.3–0.6; a scene without resolved tree shadows gives about 0.
+    min_crown_px
+        Fewest crown pixels the estimate rests on.
+    window_px, max_windows
+        The estimate reads up to ``max_windows`` windows of ``window_px`` pixels, spread over
+        the scene (memory does not grow with the scene).
+    greenness
+        Least excess-green index ``(2G − R − B) / (R + G + B)`` of a crown pixel (bare soil,
+        roofs and roads lie below 0.05; leaves 0.08–0.25).
+    """
+
+    read_metadata: bool = True
+    estimate: bool = True
+    min_shadow_contrast: float = 0.2
+    min_crown_px: int = 400
+    window_px: int = 1024
+    max_windows: int = 9
+    greenness: float = 0.08
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_shadow_contrast < 1:
+            raise ValueError("SunParams: min_shadow_contrast must lie in (0, 1)")
+        if self.window_px < 64 or self.max_windows < 1 or self.min_crown_px < 1:
+            raise ValueError("SunParams: window_px >= 64, max_windows >= 1, min_crown_px >= 1")
+
+
+@dataclass(frozen=True)
+class Sun:
+    """The sun's position used for the after image, and where it came from.
+
+    Attributes
+    ----------
+    azimuth_deg, elevation_deg
+        Degrees clockwise from north, degrees above the horizon; ``None`` when unknown.
+    source
+        ``"given"``, ``"metadata"``, ``"tree shadows"`` (estimated azimuth) or ``"unknown"``.
+    detail
+        How it was found: the metadata keys read, or the estimate's shadow contrast and crown
+        pixels (also when the estimate was rejected, with the reason).
+    """
+
+    azimuth_deg: float | None
+    elevation_deg: float | None
+    source: str
+    detail: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (for the manifest and the report)."""
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for the log and the report, e.g. ``"azimuth 160°, elevation 42° (given)"``."""
+        if self.azimuth_deg is None:
+            why = self.detail.get("reason", "")
+            return f"unknown ({why})" if why else "unknown"
+        el = "unknown" if self.elevation_deg is None else f"{self.elevation_deg:.1f}°"
+        return f"azimuth {self.azimuth_deg:.1f}°, elevation {el} ({self.source})"
+
+
+def _number(text: str) -> float | None:
+    m = re.search(r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?", str(text))
+    return float(m.group(0)) if m else None
+
+
+def sun_from_metadata(path: str | PathLike[str]) -> tuple[float | None, float | None, list[str]]:
+    """Sun azimuth and elevation recorded in a raster's metadata, in any GDAL domain.
+
+    Parameters
+    ----------
+    path
+        Raster file (GeoTIFF, NITF, JPEG 2000...); side-car metadata GDAL knows (a Maxar
+        ``.IMD`` or ``.XML`` beside the image) is read too.
+
+    Returns
+    -------
+    tuple
+        ``(azimuth_deg, elevation_deg, keys)``: each ``None`` when not recorded (or out of
+        range), and the metadata keys they came from.
+
+    Examples
+    --------
+    >>> sun_from_metadata("scene.tif")  # doctest: +SKIP
+    (160.0, 42.0, ['SUN_AZIMUTH', 'SUN_ELEVATION'])
+    """
+    import rasterio
+
+    az = el = None
+    keys: list[str] = []
+    with rasterio.open(path) as src:
+        domains = [None, *[d for d in src.tag_namespaces() if d]]
+        for ns in domains:
+            tags = src.tags(ns=ns) if ns else src.tags()
+            for key, value in sorted(tags.items()):
+                name = key.rsplit(".", 1)[-1]
+                v = _number(value)
+                if v is None:
+                    continue
+                if az is None and _AZIMUTH_KEY.search(name) and 0 <= v <= 360:
+                    az = v % 360
+                    keys.append(key)
+                elif el is None and _ELEVATION_KEY.search(name) and 0 < v <= 90:
+                    el = v
+                    keys.append(key)
+    return az, el, keys
+
+
+def _windows(ny: int, nx: int, size: int, n: int) -> list[tuple[int, int, int, int]]:
+    """Up to ``n`` windows of ``size`` (clipped to the scene) on an even grid over the scene."""
+    k = max(1, math.isqrt(n))
+    rows = np.unique(np.linspace(0, max(ny - size, 0), k).round().astype(int))
+    cols = np.unique(np.linspace(0, max(nx - size, 0), k).round().astype(int))
+    return [(r, min(r + size, ny), c, min(c + size, nx)) for r in rows for c in cols]
+
+
+def _crowns(rgb: np.ndarray, greenness: float) -> np.ndarray:
+    """Tree-crown mask: green pixels, specks removed (a crown is a few pixels across)."""
+    from scipy import ndimage as ndi
+
+    r, g, b = (np.asarray(x, np.float64) for x in rgb)
+    total = r + g + b
+    with np.errstate(invalid="ignore", divide="ignore"):
+        exg = np.where(total > 0, (2 * g - r - b) / total, np.nan)
+    mask = np.nan_to_num(exg, nan=-1.0) > greenness
+    return ndi.binary_opening(mask, structure=np.ones((2, 2), bool))
+
+
+def estimate_sun_azimuth(
+    image: xr.DataArray,
+    *,
+    rgb_bands: tuple[int, int, int] = (0, 1, 2),
+    params: SunParams | None = None,
+) -> tuple[float | None, dict[str, Any]]:
+    """Sun azimuth of an RGB image from the shadows tree crowns cast (see the module notes).
+
+    Parameters
+    ----------
+    image
+        ``(band, y, x)`` raster with x/y coordinates in metres (a projected CRS), lazy or in
+        memory; only ``params.max_windows`` windows are read.
+    rgb_bands
+        Indices of the red, green and blue bands.
+    params
+        :class:`SunParams`; defaults when omitted.
+
+    Returns
+    -------
+    tuple
+        ``(azimuth_deg, detail)``: the azimuth in degrees clockwise from north, or ``None``
+        when the shadows do not settle it; ``detail`` holds ``shadow_contrast``, ``crown_px``,
+        ``windows`` and, when rejected, ``reason``.
+
+    Examples
+    --------
+    >>> from changedet.synthetic import SceneSettings, generate_site  # doctest: +SKIP
+    >>> az, detail = estimate_sun_azimuth(after)  # doctest: +SKIP
+    >>> round(az), round(detail["shadow_contrast"], 2)  # doctest: +SKIP
+    (160, 0.41)
+    """
+    p = params or SunParams()
+    detail: dict[str, Any] = {"method": "tree shadows"}
+    if image.ndim != 3 or image.sizes[image.dims[0]] < 3 or max(rgb_bands) >= image.shape[0]:
+        detail["reason"] = "needs red, green and blue bands"
+        return None, detail
+    xs = np.asarray(image[image.dims[2]], np.float64)
+    ys = np.asarray(image[image.dims[1]], np.float64)
+    if xs.size < 2 or ys.size < 2:
+        detail["reason"] = "image too small"
+        return None, detail
+    gsd_x, gsd_y = xs[1] - xs[0], ys[1] - ys[0]
+    # columns grow eastward when gsd_x > 0; rows grow southward when gsd_y < 0
+    lengths_px = [m / abs(gsd_x) for m in (1.0, 2.0, 4.0, 8.0) if m / abs(gsd_x) >= 1.0]
+    if len(lengths_px) < 2:
+        detail["reason"] = f"pixels of {abs(gsd_x):g} m do not resolve tree shadows"
+        return None, detail
+    thetas = np.arange(0.0, 360.0, 5.0)
+    sums = np.zeros((len(lengths_px), thetas.size))
+    weights = np.zeros_like(sums)
+    crown_px = 0
+    ny, nx = image.shape[1:]
+    wins = _windows(ny, nx, p.window_px, p.max_windows)
+    for r0, r1, c0, c1 in wins:
+        block = np.asarray(image[list(rgb_bands), r0:r1, c0:c1].values, np.float64)
+        lum = block.mean(axis=0)
+        valid = np.isfinite(lum)
+        if valid.sum() < 64:
+            continue
+        crowns = _crowns(block, p.greenness) & valid
+        n_crown = int(crowns.sum())
+        if n_crown < 16:
+            continue
+        crown_px += n_crown
+        lum = lum / np.nanmedian(lum[valid])
+        h, w = lum.shape
+        for i, length in enumerate(lengths_px):
+            for j, th in enumerate(np.radians(thetas)):
+                dc = round(length * math.sin(th) * math.copysign(1, gsd_x))
+                dr = round(-length * math.cos(th) * math.copysign(1, -gsd_y))
+                # crown pixels moved by (dr, dc): the ground they land on
+                src = crowns[max(0, -dr) : h - max(0, dr), max(0, -dc) : w - max(0, dc)]
+                dst = (slice(max(0, dr), h - max(0, -dr)), slice(max(0, dc), w - max(0, -dc)))
+                land = src & ~crowns[dst] & valid[dst]
+                vals = lum[dst][land]
+                if vals.size >= 16:
+                    med = float(np.median(vals))
+                    sums[i, j] += med * vals.size
+                    weights[i, j] += vals.size
+    detail.update(crown_px=crown_px, windows=len(wins))
+    if crown_px < p.min_crown_px or (weights == 0).any():
+        detail["reason"] = f"too few tree crowns ({crown_px} px, {p.min_crown_px} needed)"
+        return None, detail
+    prof = sums / weights  # median ground brightness by (distance, direction)
+    z = (prof - prof.mean(axis=1, keepdims=True)) / (prof.std(axis=1, keepdims=True) + 1e-12)
+    mean = z.mean(axis=0)
+    # smooth over +-10 degrees (circular), then refine the darkest direction by a parabola
+    k = 2
+    padded = np.r_[mean[-k:], mean, mean[:k]]
+    smooth = np.convolve(padded, np.ones(2 * k + 1) / (2 * k + 1), "valid")
+    j = int(np.argmin(smooth))
+    a, b, c = smooth[j - 1], smooth[j], smooth[(j + 1) % smooth.size]
+    denom = a - 2 * b + c
+    frac = 0.5 * (a - c) / denom if denom > 0 else 0.0
+    dark_dir = (thetas[j] + 5.0 * float(np.clip(frac, -1, 1))) % 360
+    opposite = (j + thetas.size // 2) % thetas.size
+    contrast = float(np.median(1 - prof[:, j] / prof[:, opposite]))
+    detail["shadow_contrast"] = round(contrast, 4)
+    if contrast < p.min_shadow_contrast:
+        detail["reason"] = (
+            f"tree shadows unclear (contrast {contrast:.2f} < {p.min_shadow_contrast:g})"
+        )
+        return None, detail
+    return round((dark_dir + 180.0) % 360, 1), detail
+
+
+def resolve_sun(
+    after: str | PathLike[str] | None,
+    *,
+    given: tuple[float | None, float | None] = (None, None),
+    image: xr.DataArray | None = None,
+    rgb_bands: tuple[int, int, int] = (0, 1, 2),
+    params: SunParams | None = None,
+) -> Sun:
+    """The sun's position for the after image: given, else from its metadata, else estimated.
+
+    Parameters
+    ----------
+    after
+        Path of the after image (its metadata is read), or ``None``.
+    given
+        ``(azimuth_deg, elevation_deg)`` from the caller; each may be ``None``. A given value
+        is never replaced; a missing one is looked up.
+    image
+        The after image as a ``(band, y, x)`` raster, for the estimate; ``None`` skips it.
+    rgb_bands
+        Red, green and blue band indices of ``image``.
+    params
+        :class:`SunParams`; defaults when omitted.
+
+    Returns
+    -------
+    Sun
+
+    Examples
+    --------
+    >>> resolve_sun(None, given=(205.0, None)).describe()
+    'azimuth 205.0°, elevation unknown (given)'
+    """
+    p = params or SunParams()
+    az, el = given
+    detail: dict[str, Any] = {}
+    source = "given" if az is not None else "unknown"
+    if (az is None or el is None) and p.read_metadata and after is not None:
+        m_az, m_el, keys = sun_from_metadata(after)
+        if keys:
+            detail["metadata_keys"] = keys
+        if az is None and m_az is not None:
+            az, source = m_az, "metadata"
+        if el is None and m_el is not None:
+            el = m_el
+            if source == "given":
+                source = "given; elevation from metadata"
+    if az is None and p.estimate and image is not None:
+        az, est = estimate_sun_azimuth(image, rgb_bands=rgb_bands, params=p)
+        detail.update(est)
+        if az is not None:
+            source = "tree shadows"
+    if az is None and "reason" not in detail:
+        detail["reason"] = "not given, not in the metadata" + (
+            "" if p.estimate else ", estimate off"
+        )
+    return Sun(
+        azimuth_deg=None if az is None else float(az),
+        elevation_deg=None if el is None else float(el),
+        source=source,
+        detail=detail,
+    )

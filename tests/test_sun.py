@@ -1,0 +1,132 @@
+"""The after image's sun position: read from metadata, estimated from tree shadows, or unknown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import rioxarray
+from rasterio.transform import Affine, from_origin
+
+from changedet.sun import SunParams, estimate_sun_azimuth, resolve_sun, sun_from_metadata
+from changedet.synthetic import SceneSettings, generate_site
+from changedet.testing import make_raster
+
+
+def _grid(gsd: float) -> Affine:
+    return Affine(gsd, 0.0, 500000.0, 0.0, -gsd, 4000000.0)
+
+
+def _angle_error(a: float, b: float) -> float:
+    return abs((a - b + 180.0) % 360.0 - 180.0)
+
+
+@pytest.fixture(scope="module", params=[(60.0, 30.0), (250.0, 55.0)], ids=["az60", "az250"])
+def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    settings = SceneSettings(seed=31, size_px=512, sun_after=request.param)
+    return generate_site(tmp_path_factory.mktemp("sun") / "s", settings, workers=1)
+
+
+def _after(site: Path):
+    return rioxarray.open_rasterio(site / "after.tif", chunks=256)
+
+
+def test_estimate_sun_azimuth__tree_shadows_give_the_true_azimuth(site: Path) -> None:
+    true_az = json.loads((site / "truth" / "scene.json").read_text())["settings"]["sun_after"][0]
+    az, detail = estimate_sun_azimuth(_after(site))
+    assert az is not None, detail
+    assert _angle_error(az, true_az) <= 10.0, (az, true_az)
+    assert detail["shadow_contrast"] >= 0.3
+
+
+def test_estimate_sun_azimuth__turns_with_the_image(site: Path) -> None:
+    """The same scene turned a quarter anticlockwise: north becomes west, the sun 90° less."""
+    after = _after(site).load()
+    az, _ = estimate_sun_azimuth(after)
+    turned = after.copy(data=np.rot90(after.values, k=1, axes=(1, 2)).copy())
+    az_turned, detail = estimate_sun_azimuth(turned)
+    assert az is not None and az_turned is not None, detail
+    assert _angle_error(az_turned, az - 90.0) <= 5.0, (az, az_turned)
+
+
+def test_estimate_sun_azimuth__green_blobs_without_shadows_are_no_evidence() -> None:
+    rng = np.random.default_rng(0)
+    img = 100 + 5 * rng.standard_normal((3, 300, 300))
+    yy, xx = np.mgrid[0:300, 0:300]
+    for cy, cx in rng.integers(20, 280, size=(40, 2)):
+        crown = np.hypot(yy - cy, xx - cx) < 5
+        img[1][crown] += 40  # green crowns on even ground, nothing dark beside them
+        img[0][crown] -= 20
+    az, detail = estimate_sun_azimuth(make_raster(img, transform=_grid(0.5)))
+    assert az is None
+    assert "unclear" in detail["reason"]
+
+
+def test_estimate_sun_azimuth__needs_colour_and_resolved_trees() -> None:
+    grey = make_raster(np.full((1, 100, 100), 100.0), transform=_grid(0.5))
+    assert estimate_sun_azimuth(grey) == (
+        None,
+        {"method": "tree shadows", "reason": "needs red, green and blue bands"},
+    )
+    coarse = make_raster(np.full((3, 100, 100), 100.0), transform=_grid(30.0))
+    az, detail = estimate_sun_azimuth(coarse)
+    assert az is None and "do not resolve" in detail["reason"]
+
+
+def _tif(path: Path, tags: dict[str, str], ns: str | None = None) -> Path:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=8,
+        height=8,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=from_origin(500000, 4000000, 0.5, 0.5),
+    ) as dst:
+        dst.write(np.zeros((1, 8, 8), np.uint8))
+        if ns:
+            dst.update_tags(ns=ns, **tags)
+        else:
+            dst.update_tags(**tags)
+    return path
+
+
+def test_sun_from_metadata__reads_common_tags_and_maxar_imd(tmp_path: Path) -> None:
+    plain = _tif(tmp_path / "a.tif", {"SUN_AZIMUTH": "160.5", "SUN_ELEVATION": "42.0 deg"})
+    assert sun_from_metadata(plain) == (160.5, 42.0, ["SUN_AZIMUTH", "SUN_ELEVATION"])
+    imd = _tif(
+        tmp_path / "b.tif", {"IMAGE_1.meanSunAz": "123.4", "IMAGE_1.meanSunEl": "55.1"}, "IMD"
+    )
+    az, el, keys = sun_from_metadata(imd)
+    assert (az, el) == (123.4, 55.1) and keys == ["IMAGE_1.meanSunAz", "IMAGE_1.meanSunEl"]
+    none = _tif(tmp_path / "c.tif", {"SUN_ELEVATION": "120", "SENSOR": "sunny"})
+    assert sun_from_metadata(none) == (None, None, [])  # out of range, or not a sun angle
+
+
+def test_resolve_sun__given_then_metadata_then_estimate(tmp_path: Path, site: Path) -> None:
+    tagged = _tif(tmp_path / "t.tif", {"SUN_AZIMUTH": "200", "SUN_ELEVATION": "40"})
+    assert resolve_sun(tagged, given=(100.0, 30.0)).to_dict()["source"] == "given"
+    half = resolve_sun(tagged, given=(100.0, None))
+    assert (half.azimuth_deg, half.elevation_deg, half.source) == (
+        100.0,
+        40.0,
+        "given; elevation from metadata",
+    )
+    meta = resolve_sun(tagged, image=_after(site))
+    assert (meta.azimuth_deg, meta.elevation_deg, meta.source) == (200.0, 40.0, "metadata")
+    bare = _tif(tmp_path / "u.tif", {})
+    est = resolve_sun(bare, image=_after(site))
+    assert est.source == "tree shadows" and est.elevation_deg is None
+    off = resolve_sun(bare, image=_after(site), params=SunParams(estimate=False))
+    assert off.azimuth_deg is None and off.source == "unknown"
+    assert "estimate off" in off.describe()
+
+
+def test_sun_params__bad_values_are_refused() -> None:
+    with pytest.raises(ValueError, match="min_shadow_contrast"):
+        SunParams(min_shadow_contrast=1.5)
