@@ -210,7 +210,9 @@ class CraterParams:
         expected under a sun this high: the weakest shading a bowl can show at any plausible
         elevation (70°: higher suns are rare in optical satellite imagery, taken mostly around
         10:30 local time; a bowl under a higher one is nearly unshaded). A flat dark patch or a
-        cast shadow still scores 0. Without the azimuth the test is skipped
+        cast shadow still scores 0. :func:`changedet.pipeline.run_pair` lowers it to the
+        highest the sun ever stands at the scene's latitude where that is lower (63° at 50° N,
+        :func:`changedet.sun.highest_sun_elevation`). Without the azimuth the test is skipped
         (:func:`changedet.sun.resolve_sun` estimates it from tree shadows when it can).
     score_threshold
         Least ``score`` of a returned detection.

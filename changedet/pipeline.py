@@ -47,6 +47,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -323,11 +324,16 @@ def _run_pair(
             params=cfg.sun,
         )
         log.info("sun of the after image: %s", sun.describe())
+        # beyond the tropics the sun never stands as high as the general assumption
+        crater_params = dataclasses.replace(
+            cfg.craters,
+            max_sun_elevation_deg=sun.elevation_cap(cfg.craters.max_sun_elevation_deg),
+        )
         crater_gdf = craters.detect_craters(
             after_n,
             before_da,
             change=scores,
-            params=cfg.craters,
+            params=crater_params,
             sun_azimuth_deg=sun.azimuth_deg,
             sun_elevation_deg=sun.elevation_deg,
             footprints=fp,

@@ -25,7 +25,9 @@ Where the angles come from, in this order (:func:`resolve_sun`):
 
 The elevation is not estimated: a shadow's length depends on the unknown heights of the trees.
 Without it the shading test assumes the highest plausible sun
-(:attr:`changedet.craters.CraterParams.max_sun_elevation_deg`).
+(:attr:`changedet.craters.CraterParams.max_sun_elevation_deg`), or, beyond the tropics, the
+highest the sun ever stands at the scene's latitude if that is lower
+(:func:`highest_sun_elevation`: 63° at 50° N).
 
 Examples
 --------
@@ -45,7 +47,17 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["Sun", "SunParams", "estimate_sun_azimuth", "resolve_sun", "sun_from_metadata"]
+__all__ = [
+    "Sun",
+    "SunParams",
+    "estimate_sun_azimuth",
+    "highest_sun_elevation",
+    "resolve_sun",
+    "sun_from_metadata",
+]
+
+#: The sun's greatest declination, degrees: the latitude of the tropics.
+_OBLIQUITY_DEG = 23.44
 
 _AZIMUTH_KEY = re.compile(r"(^|[._])(mean)?_?sun_?az(imuth)?(_?angle)?$", re.IGNORECASE)
 _ELEVATION_KEY = re.compile(r"(^|[._])(mean)?_?sun_?el(evation)?(_?angle)?$", re.IGNORECASE)
@@ -103,12 +115,29 @@ class Sun:
     detail
         How it was found: the metadata keys read, or the estimate's shadow contrast and crown
         pixels (also when the estimate was rejected, with the reason).
+    highest_elevation_deg
+        The highest the sun ever stands at the scene's latitude (:func:`highest_sun_elevation`),
+        a bound on an unknown elevation; ``None`` when the latitude is unknown.
     """
 
     azimuth_deg: float | None
     elevation_deg: float | None
     source: str
     detail: dict[str, Any]
+    highest_elevation_deg: float | None = None
+
+    def elevation_cap(self, general_deg: float) -> float:
+        """The highest sun to assume when the elevation is unknown: ``general_deg`` (e.g.
+        ``CraterParams.max_sun_elevation_deg``), or lower where the latitude allows no higher.
+
+        Examples
+        --------
+        >>> Sun(160.0, None, "given", {}, highest_elevation_deg=63.44).elevation_cap(70.0)
+        63.44
+        """
+        if self.highest_elevation_deg is None:
+            return float(general_deg)
+        return min(float(general_deg), self.highest_elevation_deg)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form (for the manifest and the report)."""
@@ -120,7 +149,37 @@ class Sun:
             why = self.detail.get("reason", "")
             return f"unknown ({why})" if why else "unknown"
         el = "unknown" if self.elevation_deg is None else f"{self.elevation_deg:.1f}°"
+        if self.elevation_deg is None and (self.highest_elevation_deg or 90.0) < 90.0:
+            el += f" (at most {self.highest_elevation_deg:.1f}° at this latitude)"
         return f"azimuth {self.azimuth_deg:.1f}°, elevation {el} ({self.source})"
+
+
+def highest_sun_elevation(lat_deg: float) -> float:
+    """The highest elevation the sun reaches at a latitude, on any day (degrees).
+
+    At noon the sun stands ``90 − |lat − δ|`` high, with its declination ``δ`` within ±23.44°:
+    overhead once a year in the tropics, never higher than ``90 − (|lat| − 23.44)`` beyond.
+
+    Examples
+    --------
+    >>> highest_sun_elevation(50.0), highest_sun_elevation(-10.0)
+    (63.44, 90.0)
+    """
+    return round(90.0 - max(0.0, abs(float(lat_deg)) - _OBLIQUITY_DEG), 2)
+
+
+def _latitude(image: xr.DataArray) -> float | None:
+    """Latitude of the image's centre, or ``None`` without a CRS."""
+    crs = image.rio.crs if hasattr(image, "rio") else None
+    if crs is None:
+        return None
+    from pyproj import Transformer
+
+    xs = np.asarray(image[image.dims[-1]], np.float64)
+    ys = np.asarray(image[image.dims[-2]], np.float64)
+    to_geo = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    _, lat = to_geo.transform(float(xs[xs.size // 2]), float(ys[ys.size // 2]))
+    return float(lat) if np.isfinite(lat) else None
 
 
 def _number(text: str) -> float | None:
@@ -315,7 +374,8 @@ def resolve_sun(
         ``(azimuth_deg, elevation_deg)`` from the caller; each may be ``None``. A given value
         is never replaced; a missing one is looked up.
     image
-        The after image as a ``(band, y, x)`` raster, for the estimate; ``None`` skips it.
+        The after image as a ``(band, y, x)`` raster with its CRS, for the estimate and the
+        latitude (:attr:`Sun.highest_elevation_deg`); ``None`` skips both.
     rgb_bands
         Red, green and blue band indices of ``image``.
     params
@@ -353,9 +413,11 @@ def resolve_sun(
         detail["reason"] = "not given, not in the metadata" + (
             "" if p.estimate else ", estimate off"
         )
+    lat = _latitude(image) if image is not None else None
     return Sun(
         azimuth_deg=None if az is None else float(az),
         elevation_deg=None if el is None else float(el),
         source=source,
         detail=detail,
+        highest_elevation_deg=None if lat is None else highest_sun_elevation(lat),
     )

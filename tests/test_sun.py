@@ -11,7 +11,13 @@ import rasterio
 import rioxarray
 from rasterio.transform import Affine, from_origin
 
-from changedet.sun import SunParams, estimate_sun_azimuth, resolve_sun, sun_from_metadata
+from changedet.sun import (
+    SunParams,
+    estimate_sun_azimuth,
+    highest_sun_elevation,
+    resolve_sun,
+    sun_from_metadata,
+)
 from changedet.synthetic import SceneSettings, generate_site
 from changedet.testing import make_raster
 
@@ -130,3 +136,21 @@ def test_resolve_sun__given_then_metadata_then_estimate(tmp_path: Path, site: Pa
 def test_sun_params__bad_values_are_refused() -> None:
     with pytest.raises(ValueError, match="min_shadow_contrast"):
         SunParams(min_shadow_contrast=1.5)
+
+
+def test_highest_sun_elevation__bounds_an_unknown_elevation_by_latitude() -> None:
+    assert highest_sun_elevation(0.0) == highest_sun_elevation(23.44) == 90.0
+    assert highest_sun_elevation(50.0) == highest_sun_elevation(-50.0) == 63.44
+    # a scene at 50° N (UTM 37N): the bound is recorded and shown with an unknown elevation
+    north = make_raster(
+        np.full((1, 16, 16), 100.0), transform=Affine(0.5, 0, 500000.0, 0, -0.5, 5540000.0)
+    )
+    sun = resolve_sun(None, given=(120.0, None), image=north)
+    assert sun.highest_elevation_deg == pytest.approx(63.44, abs=0.05)
+    assert "at most 63.4° at this latitude" in sun.describe()
+    assert sun.elevation_cap(70.0) == pytest.approx(63.44, abs=0.05)
+    assert sun.elevation_cap(60.0) == 60.0
+    tropics = make_raster(
+        np.full((1, 16, 16), 100.0), transform=Affine(0.5, 0, 500000.0, 0, -0.5, 1000000.0)
+    )
+    assert resolve_sun(None, given=(120.0, None), image=tropics).highest_elevation_deg == 90.0
