@@ -323,9 +323,11 @@ _READERS_MAX = 256
 def rechunked_reader(data: Any, like: Any) -> None:
     """Let :func:`window_reader` read ``data`` from the file of ``like``, an array
     :func:`open_raster` returned, when ``data`` holds the same values (``like`` rechunked, e.g.
-    one chunk per band): its windows can then be read from the file too."""
+    one chunk per band, or a one-band ``like`` with its band axis dropped): its windows can then
+    be read from the file too (always as ``(band, rows, cols)``)."""
     entry = _READERS.get(getattr(like, "name", None))  # type: ignore[arg-type]
-    if entry is not None and data.shape == like.shape:
+    flat = like.ndim == 3 and like.shape[0] == 1 and data.shape == like.shape[1:]
+    if entry is not None and (data.shape == like.shape or flat):
         _remember_reader(data, *entry)
 
 

@@ -510,14 +510,13 @@ class _Scratch:
         # ZSTD: lossless, and cheaper to write and read than the DEFLATE of the outputs; a plain
         # tiled GeoTIFF (no overviews, no COG translation: read back chunk by chunk only)
         cio.write_cog(stored, path, compress="ZSTD", cog=False)
-        back = cio.open_raster(path, chunks=max(max(c) for c in data.chunks[-2:]), name=name)
-        back = back.isel(band=0, drop=True) if flat else back
+        read = cio.open_raster(path, chunks=max(max(c) for c in data.chunks[-2:]), name=name)
+        back = read.isel(band=0, drop=True) if flat else read
         back = back.transpose(*raster.dims)
         if back.chunks != raster.chunks:
-            stored_data = back.data
             back = back.chunk(dict(zip(raster.dims, raster.chunks, strict=True)))
-            if not flat:  # same values: windows of it can still be read from the file
-                cio.rechunked_reader(back.data, stored_data)
+        if back.data.name != read.data.name:  # same values: windows can still be read from the file
+            cio.rechunked_reader(back.data, read.data)
         # the stored raster on the original's grid: same coordinates, name and attributes
         back = back.assign_coords({d: raster.coords[d] for d in raster.dims if d in raster.coords})
         back.attrs = dict(raster.attrs)
