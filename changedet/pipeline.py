@@ -62,7 +62,7 @@ import numpy as np
 import xarray as xr
 
 from changedet.config import Config
-from changedet.sun import resolve_sun
+from changedet.sun import acquisition_date, parse_date, resolve_sun
 
 log = logging.getLogger("changedet")
 
@@ -322,6 +322,8 @@ def _run_pair(
             image=after_n,
             rgb_bands=cfg.craters.rgb_bands,
             params=cfg.sun,
+            # the analyst's date for the captions, else an acquisition-date tag
+            date=parse_date(cfg.report.after_date) or acquisition_date(after_da.attrs),
         )
         log.info("sun of the after image: %s", sun.describe())
         # beyond the tropics the sun never stands as high as the general assumption

@@ -27,7 +27,7 @@ The elevation is not estimated: a shadow's length depends on the unknown heights
 Without it the shading test assumes the highest plausible sun
 (:attr:`changedet.craters.CraterParams.max_sun_elevation_deg`), or, beyond the tropics, the
 highest the sun ever stands at the scene's latitude if that is lower
-(:func:`highest_sun_elevation`: 63° at 50° N).
+(:func:`highest_sun_elevation`: 63° at 50° N, on any day; 21° at noon on 15 January).
 
 Examples
 --------
@@ -38,6 +38,7 @@ Examples
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -116,8 +117,9 @@ class Sun:
         How it was found: the metadata keys read, or the estimate's shadow contrast and crown
         pixels (also when the estimate was rejected, with the reason).
     highest_elevation_deg
-        The highest the sun ever stands at the scene's latitude (:func:`highest_sun_elevation`),
-        a bound on an unknown elevation; ``None`` when the latitude is unknown.
+        The highest the sun stands at the scene's latitude (:func:`highest_sun_elevation`), on
+        the acquisition date when known, else on any day: a bound on an unknown elevation;
+        ``None`` when the latitude is unknown.
     """
 
     azimuth_deg: float | None
@@ -154,18 +156,62 @@ class Sun:
         return f"azimuth {self.azimuth_deg:.1f}°, elevation {el} ({self.source})"
 
 
-def highest_sun_elevation(lat_deg: float) -> float:
-    """The highest elevation the sun reaches at a latitude, on any day (degrees).
+def highest_sun_elevation(lat_deg: float, date: _dt.date | None = None) -> float:
+    """The highest elevation the sun reaches at a latitude, on a date or on any day (degrees).
 
     At noon the sun stands ``90 − |lat − δ|`` high, with its declination ``δ`` within ±23.44°:
-    overhead once a year in the tropics, never higher than ``90 − (|lat| − 23.44)`` beyond.
+    overhead once a year in the tropics, never higher than ``90 − (|lat| − 23.44)`` beyond. With
+    the date, ``δ ≈ −23.44° cos(360° (day of year + 10) / 365.25)`` (within 1.5°; 2° are added
+    so that the bound holds).
 
     Examples
     --------
     >>> highest_sun_elevation(50.0), highest_sun_elevation(-10.0)
     (63.44, 90.0)
+    >>> import datetime
+    >>> highest_sun_elevation(50.0, datetime.date(2024, 1, 15))  # a winter noon at 50° N
+    20.69
     """
-    return round(90.0 - max(0.0, abs(float(lat_deg)) - _OBLIQUITY_DEG), 2)
+    lat = float(lat_deg)
+    bound = 90.0 - max(0.0, abs(lat) - _OBLIQUITY_DEG)
+    if date is not None:
+        day = date.timetuple().tm_yday
+        decl = -_OBLIQUITY_DEG * math.cos(math.radians(360.0 * (day + 10) / 365.25))
+        bound = min(bound, 90.0 - abs(lat - decl) + 2.0)
+    return round(bound, 2)
+
+
+#: Metadata tags that hold an image's acquisition date (not TIFFTAG_DATETIME: often the date
+#: the file was made, and a wrong date would give a wrong bound on the sun).
+ACQUISITION_DATE_TAGS = ("ACQUISITION_DATE", "ACQUISITIONDATETIME", "DATE_ACQUIRED")
+
+
+def parse_date(text: str | None) -> _dt.date | None:
+    """The date at the start of ``text`` (``2024-01-15``, ``2024:01:15 10:12``, ``20240115``...),
+    or ``None``.
+
+    Examples
+    --------
+    >>> parse_date("2024:01:15 10:12:00"), parse_date("unknown")
+    (datetime.date(2024, 1, 15), None)
+    """
+    m = re.match(r"\s*(\d{4})[-:/]?(\d{2})[-:/]?(\d{2})", str(text or ""))
+    if not m:
+        return None
+    try:
+        return _dt.date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+    except ValueError:
+        return None
+
+
+def acquisition_date(attrs: dict[str, Any]) -> _dt.date | None:
+    """The acquisition date in a raster's tags (:data:`ACQUISITION_DATE_TAGS`), or ``None``."""
+    upper = {str(k).upper(): v for k, v in (attrs or {}).items()}
+    for name in ACQUISITION_DATE_TAGS:
+        date = parse_date(upper.get(name))
+        if date is not None:
+            return date
+    return None
 
 
 def _latitude(image: xr.DataArray) -> float | None:
@@ -363,6 +409,7 @@ def resolve_sun(
     image: xr.DataArray | None = None,
     rgb_bands: tuple[int, int, int] = (0, 1, 2),
     params: SunParams | None = None,
+    date: _dt.date | None = None,
 ) -> Sun:
     """The sun's position for the after image: given, else from its metadata, else estimated.
 
@@ -380,6 +427,9 @@ def resolve_sun(
         Red, green and blue band indices of ``image``.
     params
         :class:`SunParams`; defaults when omitted.
+    date
+        The after image's acquisition date, when known: it lowers the bound on an unknown
+        elevation to that day's noon sun (:func:`highest_sun_elevation`).
 
     Returns
     -------
@@ -414,10 +464,12 @@ def resolve_sun(
             "" if p.estimate else ", estimate off"
         )
     lat = _latitude(image) if image is not None else None
+    if date is not None:
+        detail["date"] = date.isoformat()
     return Sun(
         azimuth_deg=None if az is None else float(az),
         elevation_deg=None if el is None else float(el),
         source=source,
         detail=detail,
-        highest_elevation_deg=None if lat is None else highest_sun_elevation(lat),
+        highest_elevation_deg=None if lat is None else highest_sun_elevation(lat, date),
     )

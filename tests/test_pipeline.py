@@ -204,8 +204,15 @@ def test_run_pair__run_log_and_manifest_entries(run: Path) -> None:
 def test_run_pair__without_sun_angles_estimates_the_azimuth_from_tree_shadows(
     site: Path, sun: tuple[float, float]
 ) -> None:
-    res = run_pair(site / "before.tif", site / "after.tif", footprints=site / "footprints.geojson")
+    res = run_pair(
+        site / "before.tif",
+        site / "after.tif",
+        footprints=site / "footprints.geojson",
+        config=Config().updated({"report": {"after_date": "2024-01-15"}}),
+    )
     assert res.sun.source == "tree shadows" and res.sun.elevation_deg is None
+    # the analyst's date bounds the unknown elevation by that day's noon sun (36° N: 35°)
+    assert res.sun.detail["date"] == "2024-01-15" and res.sun.highest_elevation_deg < 40
     assert abs((res.sun.azimuth_deg - sun[0] + 180) % 360 - 180) <= 10
     # the crater stage used it: shading is measured (it is NaN without an azimuth)
     assert len(res.craters) and np.isfinite(res.craters["shading"]).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 
@@ -13,8 +14,10 @@ from rasterio.transform import Affine, from_origin
 
 from changedet.sun import (
     SunParams,
+    acquisition_date,
     estimate_sun_azimuth,
     highest_sun_elevation,
+    parse_date,
     resolve_sun,
     sun_from_metadata,
 )
@@ -154,3 +157,15 @@ def test_highest_sun_elevation__bounds_an_unknown_elevation_by_latitude() -> Non
         np.full((1, 16, 16), 100.0), transform=Affine(0.5, 0, 500000.0, 0, -0.5, 1000000.0)
     )
     assert resolve_sun(None, given=(120.0, None), image=tropics).highest_elevation_deg == 90.0
+
+
+def test_highest_sun_elevation__on_a_date_bounds_that_days_noon_sun() -> None:
+    winter = highest_sun_elevation(50.0, datetime.date(2024, 1, 15))
+    assert 18.7 <= winter <= 21.0  # the true noon sun: 90 - (50 + 21.3) = 18.7°
+    assert highest_sun_elevation(50.0, datetime.date(2024, 6, 21)) == 63.44  # the solstice
+    assert highest_sun_elevation(-33.9, datetime.date(2024, 12, 21)) == 79.54  # Sydney, solstice
+    assert parse_date("2024:01:15 10:12:00") == parse_date("20240115") == datetime.date(2024, 1, 15)
+    assert parse_date("unknown") is None and parse_date("2024-13-40") is None
+    tags = {"TIFFTAG_DATETIME": "2020:01:01 00:00:00", "acquisition_date": "2024-06-21"}
+    assert acquisition_date(tags) == datetime.date(2024, 6, 21)
+    assert acquisition_date({"TIFFTAG_DATETIME": "2020:01:01"}) is None  # a file date only
