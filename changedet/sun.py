@@ -146,14 +146,26 @@ class Sun:
         return asdict(self)
 
     def describe(self) -> str:
-        """One line for the log and the report, e.g. ``"azimuth 160°, elevation 42° (given)"``."""
+        """One line for the log and the report.
+
+        Examples
+        --------
+        >>> Sun(160.0, 42.0, "given", {}).describe()
+        'azimuth 160.0°, elevation 42.0° (source: given)'
+        """
         if self.azimuth_deg is None:
-            why = self.detail.get("reason", "")
-            return f"unknown ({why})" if why else "unknown"
-        el = "unknown" if self.elevation_deg is None else f"{self.elevation_deg:.1f}°"
-        if self.elevation_deg is None and (self.highest_elevation_deg or 90.0) < 90.0:
-            el += f" (at most {self.highest_elevation_deg:.1f}° at this latitude)"
-        return f"azimuth {self.azimuth_deg:.1f}°, elevation {el} ({self.source})"
+            why = self.detail.get("reason")
+            az = "azimuth unknown" + (f" ({why})" if why else "")
+        else:
+            az = f"azimuth {self.azimuth_deg:.1f}°"
+        if self.elevation_deg is not None:
+            el = f"elevation {self.elevation_deg:.1f}°"
+        elif (self.highest_elevation_deg or 90.0) < 90.0:
+            when = f" on {self.detail['date']}" if "date" in self.detail else ""
+            el = f"elevation unknown, at most {self.highest_elevation_deg:.1f}° at this latitude{when}"
+        else:
+            el = "elevation unknown"
+        return f"{az}, {el} (source: {self.source})"
 
 
 def highest_sun_elevation(lat_deg: float, date: _dt.date | None = None) -> float:
@@ -438,7 +450,7 @@ def resolve_sun(
     Examples
     --------
     >>> resolve_sun(None, given=(205.0, None)).describe()
-    'azimuth 205.0°, elevation unknown (given)'
+    'azimuth 205.0°, elevation unknown (source: given)'
     """
     p = params or SunParams()
     az, el = given
