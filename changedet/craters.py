@@ -137,6 +137,10 @@ COLUMNS = (
     "newness_verified",
     "on",
 )
+#: Red, green and blue band indices when ``CraterParams.rgb_bands`` is ``None`` and nothing
+#: else is known about the bands.
+DEFAULT_RGB_BANDS = (0, 1, 2)
+
 #: The smallest crater diameter, in pixels, whose shape and shading can be judged: a bowl of 4 px
 #: has 3-4 pixels on each side of its centre, too few for the roundness and shading tests (on
 #: the dev split 3 of 4 such detections were dark gaps in rubble or clutter).
@@ -256,7 +260,10 @@ class CraterParams:
         the crater now is from an older crater: it does not count towards ``persistence``.
         Needs the red, green and blue bands.
     rgb_bands
-        Indices of the red, green and blue bands (0-based).
+        Indices of the red, green and blue bands (0-based). ``None``: the bands
+        :func:`changedet.pipeline.run_pair` finds labelled red, green and blue in the after file
+        (:func:`changedet.io.rgb_band_indices`: 2, 1, 0 in a blue-green-red-NIR file), else the
+        first three.
     roof_change_ramp
         With footprints and a before image: a detection inside a building footprint needs its
         surroundings (``1.15–3 R``) to have changed, ``surround_change``: the mean
@@ -302,7 +309,7 @@ class CraterParams:
     min_surround_change: float = 1.5
     vegetation_ramp: tuple[float, float] = (0.06, 0.14)
     shadow_ramp: tuple[float, float] = (0.025, 0.05)
-    rgb_bands: tuple[int, int, int] = (0, 1, 2)
+    rgb_bands: tuple[int, int, int] | None = None
     roof_change_ramp: tuple[float, float] = (0.08, 0.15)
     blanket_size_ratio: float = 3.0
     min_valid: float = 0.8
@@ -868,10 +875,11 @@ def detect_craters(
                 f"{after_l.shape[0]}×{after_l.shape[1]} px",
                 "Put both on one grid first (changedet.align, then changedet.coregister).",
             )
-    green_a = _greenness(after, params.rgb_bands)
-    green_b = None if before is None else _greenness(before, params.rgb_bands)
-    blue_a = _blue_share(after, params.rgb_bands)
-    blue_b = None if before is None else _blue_share(before, params.rgb_bands)
+    rgb = params.rgb_bands or DEFAULT_RGB_BANDS
+    green_a = _greenness(after, rgb)
+    green_b = None if before is None else _greenness(before, rgb)
+    blue_a = _blue_share(after, rgb)
+    blue_b = None if before is None else _blue_share(before, rgb)
     change_map = change["score"] if isinstance(change, xr.Dataset) else change
     if change_map is not None and tuple(change_map.shape) != tuple(after_l.shape):
         raise ChangedetError(
@@ -972,7 +980,7 @@ def detect_craters(
                 tile_kw["geo"] = (float(xs[0]), dx, float(ys[0]), dy)
             if readers is not None:
                 window = (sl[0].start, sl[0].stop, sl[1].start, sl[1].stop)
-                tasks.append(((readers, window, params.rgb_bands), tile_kw))
+                tasks.append(((readers, window, rgb), tile_kw))
             else:
                 tasks.append((args, tile_kw))
     lazy = lazy or any(

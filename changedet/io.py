@@ -45,6 +45,7 @@ Examples
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -318,6 +319,39 @@ def open_raster(
 # Dask name of an array open_raster returned -> (file, extra nodata): see window_reader.
 _READERS: dict[str, tuple[Path, float | None]] = {}
 _READERS_MAX = 256
+
+
+def rgb_band_indices(path: PathLike) -> tuple[int, int, int] | None:
+    """0-based indices of the bands a raster labels red, green and blue, or ``None``.
+
+    Read from GDAL's colour interpretation, else the band descriptions (``"red"``, ``"Red"``,
+    ``"B4 red"``...). A 4-band blue-green-red-NIR delivery (Maxar, Planet) gives ``(2, 1, 0)``:
+    the colour tests of the crater detector then read the right bands.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from changedet.testing import make_raster
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "bgrn.tif"
+    >>> r = make_raster(np.zeros((4, 8, 8), "float32"))
+    >>> r.attrs["long_name"] = ("blue", "green", "red", "nir")
+    >>> _ = write_cog(r, p)
+    >>> rgb_band_indices(p)
+    (2, 1, 0)
+    """
+    with rasterio.open(path) as src:
+        interp = [c.name.lower() for c in src.colorinterp]
+        described = [(d or "").lower() for d in src.descriptions]
+    for labels in (interp, described):
+        found = []
+        for colour in ("red", "green", "blue"):
+            hits = [i for i, text in enumerate(labels) if re.search(rf"\b{colour}\b", text)]
+            if len(hits) != 1:
+                break
+            found.append(hits[0])
+        if len(found) == 3 and len(set(found)) == 3:
+            return (found[0], found[1], found[2])
+    return None
 
 
 def rechunked_reader(data: Any, like: Any) -> None:

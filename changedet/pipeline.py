@@ -316,11 +316,13 @@ def _run_pair(
         thr = change.threshold_score(scores["score"], cfg.change.threshold)
         na = change.not_assessable(before_da, after_c, saturation=cfg.change.saturation)
     with _stage("craters", timings), _progress(progress):
+        after_file = after[0] if isinstance(after, list) else after
+        rgb = cfg.craters.rgb_bands or _rgb_bands(after_file, after_n)
         sun = resolve_sun(
-            after[0] if isinstance(after, list) else after,
+            after_file,
             given=(sun_azimuth_deg, sun_elevation_deg),
             image=after_n,
-            rgb_bands=cfg.craters.rgb_bands,
+            rgb_bands=rgb,
             params=cfg.sun,
             # the analyst's date for the captions, else an acquisition-date tag
             date=parse_date(cfg.report.after_date) or acquisition_date(after_da.attrs),
@@ -330,6 +332,7 @@ def _run_pair(
         crater_params = dataclasses.replace(
             cfg.craters,
             max_sun_elevation_deg=sun.elevation_cap(cfg.craters.max_sun_elevation_deg),
+            rgb_bands=rgb,
         )
         crater_gdf = craters.detect_craters(
             after_n,
@@ -524,6 +527,30 @@ class _Scratch:
         back.attrs = dict(raster.attrs)
         back.name = raster.name
         return back
+
+
+def _rgb_bands(after: PathLike, image: xr.DataArray) -> tuple[int, int, int]:
+    """The after image's red, green and blue bands: as its file labels them, else the first
+    three (logged when the file has more than three bands and labels none)."""
+    import rasterio
+
+    from changedet import io as cio
+    from changedet.craters import DEFAULT_RGB_BANDS
+
+    with rasterio.open(after) as src:
+        count = src.count
+    found = cio.rgb_band_indices(after) if count == image.sizes.get("band") else None
+    if found is None and count > 3:
+        log.warning(
+            "%s: %d bands, none labelled red, green and blue; using bands %s as red, green, "
+            "blue (set craters.rgb_bands if they are not)",
+            Path(after).name,
+            count,
+            DEFAULT_RGB_BANDS,
+        )
+    elif found is not None and found != DEFAULT_RGB_BANDS:
+        log.info("%s: red, green, blue are bands %s", Path(after).name, found)
+    return found or DEFAULT_RGB_BANDS
 
 
 def _value_range(before: xr.DataArray, after: xr.DataArray) -> float:

@@ -448,3 +448,40 @@ def test_scratch_keep__per_band_chunks_still_read_window_by_window(
         read = window_reader(kept.data)
         assert read is not None
         np.testing.assert_array_equal(read(10, 50, 5, 70), per_band.values[:, 10:50, 5:70])
+
+
+def _reversed_bands(src_path: Path, dst_path: Path) -> Path:
+    """The same image stored blue, green, red (as a BGR(N) delivery is), bands labelled."""
+    with rasterio.open(src_path) as src:
+        profile = dict(src.profile)
+        data = src.read()[::-1]
+    profile.update(photometric="MINISBLACK")
+    with rasterio.open(dst_path, "w", **profile) as dst:
+        dst.write(data)
+        dst.descriptions = ("blue", "green", "red")
+        dst.colorinterp = [rasterio.enums.ColorInterp.gray] * 3
+    return dst_path
+
+
+def test_run_pair__finds_the_red_green_and_blue_bands_by_their_labels(
+    site: Path, sun: tuple[float, float], tmp_path: Path
+) -> None:
+    from changedet.io import rgb_band_indices
+
+    before = _reversed_bands(site / "before.tif", tmp_path / "before.tif")
+    after = _reversed_bands(site / "after.tif", tmp_path / "after.tif")
+    assert rgb_band_indices(after) == (2, 1, 0)
+    kw = {"footprints": site / "footprints.geojson", "sun_azimuth_deg": sun[0]}
+    rgb = run_pair(site / "before.tif", site / "after.tif", **kw)
+    bgr = run_pair(before, after, **kw)
+    assert len(rgb.craters) > 0
+    columns = ["x", "y", "diameter_m", "score", "greenness", "blueness"]
+    # the same detections; the band mean sums in another order (float32 rounding)
+    assert list(bgr.craters["new"]) == list(rgb.craters["new"])
+    np.testing.assert_allclose(bgr.craters[columns], rgb.craters[columns], rtol=1e-4, atol=1e-4)
+    # read as red, green, blue in file order, the colour tests measure other things
+    wrong = run_pair(
+        before, after, config=Config().updated({"craters": {"rgb_bands": [0, 1, 2]}}), **kw
+    )
+    shades = {round(v, 3) for v in rgb.craters["blueness"]}
+    assert shades != {round(v, 3) for v in wrong.craters["blueness"]}
