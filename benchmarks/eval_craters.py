@@ -48,12 +48,15 @@ SPLITS = {
 SIZE_PX = 768
 
 
-def site_for(seed: int) -> Path:
+def site_for(seed: int, gsd_m: float = 0.5) -> Path:
+    """The generated site of ``seed`` (768², ``gsd_m`` m pixels), made once and cached."""
     from changedet.synthetic import SceneSettings, generate_site
 
-    out = WORK / f"site_{seed:04d}_{SIZE_PX}"
+    suffix = "" if gsd_m == 0.5 else f"_{gsd_m:g}m"
+    out = WORK / f"site_{seed:04d}_{SIZE_PX}{suffix}"
     if not (out / "truth" / "scene.json").is_file():
-        generate_site(out, SceneSettings(seed=seed, size_px=SIZE_PX), workers=1)
+        settings = SceneSettings(seed=seed, size_px=SIZE_PX, gsd_m=gsd_m)
+        generate_site(out, settings, workers=1)
     return out
 
 
@@ -114,13 +117,14 @@ def evaluate_site(
     overrides: dict[str, Any] | None = None,
     modes: tuple[str, ...] = ("paired", "single"),
     sun: str = "truth",
+    gsd_m: float = 0.5,
 ) -> dict[str, Any]:
     import geopandas as gpd
 
     from changedet.craters import CraterParams, detect_craters
     from changedet.evaluate import match_craters
 
-    site = site_for(seed)
+    site = site_for(seed, gsd_m)
     before, after, scene = load_pair(site)
     s = scene["settings"]
     az, el = s["sun_after"]
@@ -302,6 +306,14 @@ def main(argv: list[str] | None = None) -> int:
         help="sun angles given to the detector: both true angles (default), the true azimuth "
         "only, the azimuth estimated from tree shadows (changedet.sun), or none",
     )
+    ap.add_argument(
+        "--gsd",
+        type=float,
+        default=0.5,
+        help="pixel size of the generated scenes, m (default 0.5; 0.25 and 1 are checked in "
+        "RESULTS.md; the before and after grids must align exactly, so 400000 / gsd must be "
+        "an integer, e.g. not 0.3)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write the per-site results here")
     ap.add_argument("--memory-pair", type=Path, default=None, help="measure the working set")
     ap.add_argument("--chunk", type=int, default=1024, help="chunk size for --memory-pair")
@@ -320,16 +332,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers > 1:
         with Pool(args.workers) as pool:
             results = pool.map(
-                partial(evaluate_site, overrides=overrides, modes=modes, sun=args.sun),
+                partial(
+                    evaluate_site, overrides=overrides, modes=modes, sun=args.sun, gsd_m=args.gsd
+                ),
                 seeds,
                 chunksize=1,
             )
     else:
-        results = [evaluate_site(s, overrides, modes, args.sun) for s in seeds]
+        results = [evaluate_site(s, overrides, modes, args.sun, args.gsd) for s in seeds]
     wall = time.perf_counter() - t0
     print(
         f"split={args.split} seeds={seeds[0]}..{seeds[-1]} ({len(seeds)} scenes of {SIZE_PX}², "
-        f"0.5 m) wall {wall:.0f} s, sun angles: {args.sun}"
+        f"{args.gsd:g} m) wall {wall:.0f} s, sun angles: {args.sun}"
     )
     if args.sun == "estimate":
         errs = [r["sun"].get("azimuth_error") for r in results]
