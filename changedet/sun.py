@@ -337,12 +337,16 @@ def estimate_sun_azimuth(
     >>> from changedet.synthetic import SceneSettings, generate_site  # doctest: +SKIP
     >>> az, detail = estimate_sun_azimuth(after)  # doctest: +SKIP
     >>> round(az), round(detail["shadow_contrast"], 2)  # doctest: +SKIP
-    (160, 0.41)
+    (158, 0.51)
     """
     p = params or SunParams()
     detail: dict[str, Any] = {"method": "tree shadows"}
     if image.ndim != 3 or image.sizes[image.dims[0]] < 3 or max(rgb_bands) >= image.shape[0]:
         detail["reason"] = "needs red, green and blue bands"
+        return None, detail
+    crs = image.rio.crs if hasattr(image, "rio") else None
+    if crs is not None and crs.is_geographic:
+        detail["reason"] = "needs a projected CRS (distances in metres)"
         return None, detail
     xs = np.asarray(image[image.dims[2]], np.float64)
     ys = np.asarray(image[image.dims[1]], np.float64)
