@@ -11,8 +11,9 @@ Where the angles come from, in this order (:func:`resolve_sun`):
 1. **given** by the caller (``--sun-azimuth`` / ``--sun-elevation``);
 2. **metadata** of the after image, in any GDAL metadata domain: DigitalGlobe/Maxar ``.IMD``
    (``IMAGE_1.meanSunAz`` / ``meanSunEl``, which GDAL reads from the file beside the image),
-   and tags such as ``SUN_AZIMUTH`` / ``SUN_ELEVATION`` or ``sun_azimuth`` / ``sun_elevation``
-   that other deliveries and our own outputs carry (:func:`sun_from_metadata`);
+   tags such as ``SUN_AZIMUTH`` / ``SUN_ELEVATION`` that other deliveries carry, and JSON
+   beside the image (Planet's ``<stem>_metadata.json``: ``sun_azimuth`` / ``sun_elevation``)
+   (:func:`sun_from_metadata`);
 3. **estimated** azimuth from tree shadows (:func:`estimate_sun_azimuth`): an elevated object
    casts its shadow away from the sun. Tree crowns are the objects — green (excess-green index),
    and round, so free of the bias of rectangular buildings laid out on a grid (their shadows
@@ -43,6 +44,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -252,7 +254,9 @@ def sun_from_metadata(path: str | PathLike[str]) -> tuple[float | None, float | 
     ----------
     path
         Raster file (GeoTIFF, NITF, JPEG 2000...); side-car metadata GDAL knows (a Maxar
-        ``.IMD`` or ``.XML`` beside the image) is read too.
+        ``.IMD`` or ``.XML`` beside the image) is read too, and JSON beside it
+        (``<stem>.json`` or ``<stem>_metadata.json``: Planet's ``sun_azimuth`` /
+        ``sun_elevation``).
 
     Returns
     -------
@@ -267,24 +271,52 @@ def sun_from_metadata(path: str | PathLike[str]) -> tuple[float | None, float | 
     """
     import rasterio
 
-    az = el = None
-    keys: list[str] = []
+    found: dict[str, tuple[float, str]] = {}
+
+    def look(items: Any) -> None:
+        for key, value in items:
+            name = str(key).rsplit(".", 1)[-1]
+            v = _number(value) if isinstance(value, (str, int, float)) else None
+            if v is None:
+                continue
+            if "az" not in found and _AZIMUTH_KEY.search(name) and 0 <= v <= 360:
+                found["az"] = (v % 360, str(key))
+            elif "el" not in found and _ELEVATION_KEY.search(name) and 0 < v <= 90:
+                found["el"] = (v, str(key))
+
     with rasterio.open(path) as src:
-        domains = [None, *[d for d in src.tag_namespaces() if d]]
-        for ns in domains:
-            tags = src.tags(ns=ns) if ns else src.tags()
-            for key, value in sorted(tags.items()):
-                name = key.rsplit(".", 1)[-1]
-                v = _number(value)
-                if v is None:
-                    continue
-                if az is None and _AZIMUTH_KEY.search(name) and 0 <= v <= 360:
-                    az = v % 360
-                    keys.append(key)
-                elif el is None and _ELEVATION_KEY.search(name) and 0 < v <= 90:
-                    el = v
-                    keys.append(key)
+        for ns in [None, *[d for d in src.tag_namespaces() if d]]:
+            look(sorted((src.tags(ns=ns) if ns else src.tags()).items()))
+    for sidecar in _json_sidecars(Path(path)):
+        look(_flatten(sidecar))
+    keys = [found[k][1] for k in ("az", "el") if k in found]
+    az = found["az"][0] if "az" in found else None
+    el = found["el"][0] if "el" in found else None
     return az, el, keys
+
+
+def _json_sidecars(path: Path) -> list[Any]:
+    """JSON metadata delivered beside an image (``<stem>.json``, ``<stem>_metadata.json``, as
+    Planet does), parsed; unreadable or absent ones are skipped."""
+    import json
+
+    out = []
+    for candidate in (path.with_suffix(".json"), path.with_name(path.stem + "_metadata.json")):
+        if candidate.is_file() and candidate.stat().st_size < 10_000_000:
+            try:
+                out.append(json.loads(candidate.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                continue
+    return out
+
+
+def _flatten(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` pairs of the leaves of nested JSON."""
+    if isinstance(node, dict):
+        return [kv for k, v in sorted(node.items()) for kv in _flatten(v, f"{prefix}{k}.")]
+    if isinstance(node, list):
+        return [kv for i, v in enumerate(node) for kv in _flatten(v, f"{prefix}{i}.")]
+    return [(prefix[:-1], node)]
 
 
 def _windows(ny: int, nx: int, size: int, n: int) -> list[tuple[int, int, int, int]]:

@@ -115,6 +115,14 @@ def test_sun_from_metadata__reads_common_tags_and_maxar_imd(tmp_path: Path) -> N
     assert (az, el) == (123.4, 55.1) and keys == ["IMAGE_1.meanSunAz", "IMAGE_1.meanSunEl"]
     none = _tif(tmp_path / "c.tif", {"SUN_ELEVATION": "120", "SENSOR": "sunny"})
     assert sun_from_metadata(none) == (None, None, [])  # out of range, or not a sun angle
+    planet = _tif(tmp_path / "d.tif", {})
+    meta = {"properties": {"sun_azimuth": 141.2, "sun_elevation": 61.5, "view_angle": 3.1}}
+    (tmp_path / "d_metadata.json").write_text(json.dumps(meta))
+    assert sun_from_metadata(planet) == (
+        141.2,
+        61.5,
+        ["properties.sun_azimuth", "properties.sun_elevation"],
+    )
 
 
 def test_resolve_sun__given_then_metadata_then_estimate(tmp_path: Path, site: Path) -> None:
