@@ -961,15 +961,6 @@ def detect_craters(
             sy0 = max(0, (ya - halo) // fmax * fmax)
             sx0 = max(0, (xa - halo) // fmax * fmax)
             sl = (slice(sy0, min(ny, yb + halo)), slice(sx0, min(nx, xb + halo)))
-            args = [
-                after_l.data[sl],
-                None if before_l is None else before_l.data[sl],
-                None if change_map is None else change_map.data[sl],
-                None if green_a is None else green_a.data[sl],
-                None if green_b is None else green_b.data[sl],
-                None if blue_a is None else blue_a.data[sl],
-                None if blue_b is None else blue_b.data[sl],
-            ]
             tile_kw = {"origin": (sy0, sx0), "core": (ya, yb, xa, xb), **kw}
             if roofs is not None and before_l is not None:
                 # the footprints that can hold a candidate of this tile
@@ -978,11 +969,12 @@ def detect_craters(
                 box = shapely.box(min(xb0, xb1), min(yb0, yb1), max(xb0, xb1), max(yb0, yb1))
                 tile_kw["roofs"] = roofs.values[roofs.sindex.query(box, predicate="intersects")]
                 tile_kw["geo"] = (float(xs[0]), dx, float(ys[0]), dy)
-            if readers is not None:
+            if readers is not None:  # the tile reads its own windows
                 window = (sl[0].start, sl[0].stop, sl[1].start, sl[1].stop)
                 tasks.append(((readers, window, rgb), tile_kw))
-            else:
-                tasks.append((args, tile_kw))
+                continue
+            maps = (after_l, before_l, change_map, green_a, green_b, blue_a, blue_b)
+            tasks.append(([None if m is None else m.data[sl] for m in maps], tile_kw))
     lazy = lazy or any(
         x is not None and not isinstance(x.data, np.ndarray)
         for x in (before_l, change_map, green_a, green_b, blue_a, blue_b)
