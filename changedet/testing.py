@@ -30,6 +30,7 @@ __all__ = [
     "make_pair",
     "make_raster",
     "make_scene",
+    "stored_pair",
     "truth_displacement",
     "warp_image",
 ]
@@ -70,6 +71,34 @@ def make_raster(
     if nodata is not None:
         da = da.rio.write_nodata(nodata, encoded=False)
     return da
+
+
+def stored_pair(
+    before: xr.DataArray, after: xr.DataArray, folder: Any, *, chunks: int
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """Write ``before`` and ``after`` as float32 GeoTIFFs (NaN nodata) into ``folder`` and open
+    them again in ``chunks`` px chunks: lazy rasters exactly as
+    :func:`changedet.io.open_raster` returns them, whose windows the stages can read from the
+    files (:func:`changedet.io.window_reader`).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> r = make_raster(np.zeros((1, 8, 8), "float32"))
+    >>> b, a = stored_pair(r, r, tempfile.mkdtemp(), chunks=4)
+    >>> b.chunks[1:], a.name
+    (((4, 4), (4, 4)), 'after')
+    """
+    from pathlib import Path
+
+    from changedet.io import open_raster, write_cog
+
+    opened = []
+    for name, raster in (("before", before), ("after", after)):
+        path = Path(folder) / f"{name}.tif"
+        write_cog(raster.astype("float32"), path, nodata=float("nan"))
+        opened.append(open_raster(path, chunks=chunks, name=name))
+    return opened[0], opened[1]
 
 
 def make_scene(

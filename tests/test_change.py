@@ -142,15 +142,11 @@ def test_change_scores__from_files_read_haloed_windows_same_values(tmp_path) -> 
     (no block waits for its neighbours: bounded memory); the maps are exactly those of the
     overlap path, nodata, scene edges and chunks smaller than the halo included (300 rows in
     chunks of 98: the last one, 6 rows, takes 2 rows from its neighbour, the halo being 8 px)."""
-    from changedet.io import open_raster, write_cog
-    from changedet.testing import make_pair
+    from changedet.testing import make_pair, stored_pair
 
     before, after, _ = make_pair((3, 300, 340), shift_px=(0, 0), seed=6)
     after = after.where(after.x < after.x[300])  # a nodata block
-    write_cog(before.astype("float32"), tmp_path / "b.tif", nodata=float("nan"))
-    write_cog(after.astype("float32"), tmp_path / "a.tif", nodata=float("nan"))
-    b = open_raster(tmp_path / "b.tif", chunks=98)
-    a = open_raster(tmp_path / "a.tif", chunks=98)
+    b, a = stored_pair(before, after, tmp_path, chunks=98)
     windowed = change_scores(b, a)
     assert windowed.attrs["halo_px"] == 8 and windowed["dssim"].chunks[0][-2:] == (96, 8)
     assert any(str(k[0]).startswith("haloed-") for k in dict(windowed["score"].data.dask))

@@ -226,17 +226,14 @@ def test_detect_craters__tiles_reading_their_own_file_windows_equal_in_memory(
     """Inputs read from files (and a persisted change map): each tile reads its windows
     itself, so no tile waits for chunks its neighbours share, with the same result."""
     from changedet import craters as craters_mod
-    from changedet.io import open_raster, write_cog
+    from changedet.testing import stored_pair
 
     before, after = scene
     a, b = raster(after, 3), raster(before, 3)
     rng = np.random.default_rng(5)
     change = a.isel(band=0, drop=True).copy(data=rng.random(a.shape[1:]).astype("float32"))
     eager = detect_craters(a, b, change=change, sun_azimuth_deg=135.0)
-    files = {}
-    for name, arr in (("after", a), ("before", b)):
-        write_cog(arr.astype("float32"), tmp_path / f"{name}.tif", cog=False)
-        files[name] = open_raster(tmp_path / f"{name}.tif", chunks=96, name=name)
+    stored_b, stored_a = stored_pair(b, a, tmp_path, chunks=96)
     lazy_change = change.chunk({"y": 96, "x": 96}).persist()
     calls = []
     real = craters_mod._detect_tile_from_files
@@ -247,8 +244,8 @@ def test_detect_craters__tiles_reading_their_own_file_windows_equal_in_memory(
             lambda *args, **kw: calls.append(1) or real(*args, **kw),
         )
         lazy = detect_craters(
-            files["after"],
-            files["before"],
+            stored_a,
+            stored_b,
             change=lazy_change,
             sun_azimuth_deg=135.0,
             params=CraterParams(tile_px=64),

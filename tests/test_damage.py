@@ -493,15 +493,11 @@ def test_damage_evidence__from_files_read_haloed_windows_same_values(tmp_path) -
     (bounded memory); the evidence is exactly that of map_overlap, chunks smaller than the
     halo included (300 rows in chunks of 97: the last one, 9 rows, takes 6 from its
     neighbour, the halo being 15 px)."""
-    from changedet.io import open_raster, write_cog
-    from changedet.testing import make_pair
+    from changedet.testing import make_pair, stored_pair
 
     before, after, _ = make_pair((3, 300, 340), shift_px=(0, 0), seed=6)
     after = after.where(after.x < after.x[300])  # a nodata block
-    write_cog(before.astype("float32"), tmp_path / "b.tif", nodata=float("nan"))
-    write_cog(after.astype("float32"), tmp_path / "a.tif", nodata=float("nan"))
-    b = open_raster(tmp_path / "b.tif", chunks=97)
-    a = open_raster(tmp_path / "a.tif", chunks=97)
+    b, a = stored_pair(before, after, tmp_path, chunks=97)
     windowed = damage_evidence(b, a, value_range=255)
     assert windowed.attrs["halo_px"] == 15 and windowed.chunks[0][-2:] == (91, 15)
     assert any(str(k[0]).startswith("haloed-") for k in dict(windowed.data.dask))
