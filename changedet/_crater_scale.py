@@ -51,6 +51,27 @@ def make_scales(r_min_px: float, r_max_px: float, per_octave: int) -> Scales:
     return Scales(tuple(float(r) for r in radii), tuple(int(f) for f in factors))
 
 
+def extend_down(scales: Scales, r_min_px: float, per_octave: int) -> Scales:
+    """``scales`` with levels added below its smallest, in the same steps, down to ``r_min_px``.
+
+    The levels already there stay as they are, so the larger blobs are found exactly as without
+    the extension.
+
+    Examples
+    --------
+    >>> s = extend_down(make_scales(2.5, 10.0, 3), 1.5, 3)
+    >>> [round(r, 2) for r in s.radii_px[:4]], s.factors[:2]
+    ([1.57, 1.98, 2.5, 3.15], (1, 1))
+    """
+    extra: list[float] = []
+    r = scales.radii_px[0] if scales.radii_px else r_min_px
+    step = 2 ** (-1 / per_octave)
+    while r * step >= r_min_px / 1.05:  # a level within 5 % of the bound still counts
+        r *= step
+        extra.insert(0, r)
+    return Scales(tuple(extra) + scales.radii_px, (1,) * len(extra) + scales.factors)
+
+
 def block_mean(img: np.ndarray, f: int) -> np.ndarray:
     """Mean of ``f × f`` blocks; the last partial block is padded with its edge values."""
     if f == 1:

@@ -53,7 +53,17 @@ How a crater looks in 0.3–1 m imagery, and the measurement that tests each tra
   a footprint needs the roof around it to have changed (``surround_change``, the mean
   ``|after − before|`` in ``1.15–3 R``): a bomb that cratered a building broke it; a dark object
   on, or a hole in, a roof that is otherwise as it was is roof damage or clutter, which the damage
-  stage judges. Without footprints (or without a before image) the test is skipped.
+  stage judges. Without footprints (or without a before image) the test is skipped;
+* **an isolated fresh disturbance** — with a before image, a blob whose blanket (``1.15–2 R``)
+  changed amid ground (``3–5 R``, ``far_change``) that did not (``isolated_max_far_change``),
+  enclosed and round, is the blast and nothing else: a dark gap in rubble lies in a wide
+  field of change, a dark object set down leaves its surroundings as they were (and inside a
+  building footprint such a blob is a hole in an intact roof: damage). A bowl under
+  5 px across (a 1.5–2.5 m shell crater at 0.5 m) has no measurable wall shading, so the
+  shading test cannot tell it from clutter: it is kept only when it is such a disturbance
+  (without a before image such bowls are not searched). A larger bowl that is one needs only
+  to be shaded like a depression, not the full expected dipole (a shallow bowl or an irregular
+  floor weakens it).
 
 The evidence is combined into ``score`` in [0, 1] (the product of the ramps in
 :class:`CraterParams`: every trait must hold); detections with ``score >= score_threshold`` are returned.
@@ -105,7 +115,14 @@ from changedet._crater_measure import (
     refine_all,
 )
 from changedet._crater_newness import persistence
-from changedet._crater_scale import LOCAL_TRUNCATE, TRUNCATE, Scales, make_scales, suppress
+from changedet._crater_scale import (
+    LOCAL_TRUNCATE,
+    TRUNCATE,
+    Scales,
+    extend_down,
+    make_scales,
+    suppress,
+)
 from changedet._memory import compact_values
 from changedet.change import gsd_of
 from changedet.errors import BandMismatchError, ChangedetError
@@ -132,6 +149,7 @@ COLUMNS = (
     "blueness",
     "persistence",
     "surround_change",
+    "far_change",
     "change",
     "new",
     "newness_verified",
@@ -145,6 +163,10 @@ DEFAULT_RGB_BANDS = (0, 1, 2)
 #: has 3-4 pixels on each side of its centre, too few for the roundness and shading tests (on
 #: the dev split 3 of 4 such detections were dark gaps in rubble or clutter).
 _MIN_DIAMETER_PX = 5.0
+
+#: The smallest crater diameter, in pixels, searched at all: with a before image, bowls of
+#: 3-5 px are kept only as isolated fresh disturbances (``CraterParams.isolated_max_far_change``).
+_MIN_SMALL_DIAMETER_PX = 3.0
 
 
 @dataclass(frozen=True)
@@ -160,8 +182,11 @@ class CraterParams:
     ----------
     min_diameter_m, max_diameter_m
         Rim-to-rim diameters searched (1.5–25 m: mortar and artillery to large aerial bombs).
-        Diameters below 5 pixels (2.5 m at 0.5 m, 1.5 m at 0.3 m) cannot be judged (their
-        shape and shading are lost in a few pixels) and are skipped.
+        The bowl tests need 5 pixels across (2.5 m at 0.5 m, 1.5 m at 0.3 m): in fewer, the
+        pixel grid and the optics average the lit and shadowed walls together, so shading
+        cannot be judged. Smaller craters, down to 3 pixels, are searched only with a
+        before image and kept only as *isolated fresh* disturbances (see
+        ``isolated_max_far_change``); without one they are skipped.
     scales_per_octave
         Pyramid levels per doubling of the radius.
     min_response
@@ -193,7 +218,8 @@ class CraterParams:
         brightness ramp from the shadowed to the lit wall taken out), over the ring-minus-interior
         contrast: a bowl is a smooth depression (0.05–0.2), while a dark gap in rubble, among
         roof clutter or tree crowns holds bright pieces (0.3–1). The score is scaled by
-        ``1 - ramp(texture)``; bowls under 6 px are not tested.
+        ``1 - ramp(texture)``; bowls with fewer than 6 interior pixels (under about 3.7 px
+        across) are not tested.
     ejecta_ramp, ejecta_weight
         ``(ring − background) / (ring − interior)``: ejecta brighten the ring above the
         background (fresh craters: 0.1–0.3); a shadow cast by a tree or wall darkens it (< 0).
@@ -208,7 +234,8 @@ class CraterParams:
         dipole) scores 0, a mound (opposite dipole) 0; a bowl shows at least 40 % of the
         expected dipole (shallower craters, blur), a dark patch with a chance brightness gradient
         rarely. Under a very low sun (< 25°) the bowl fills with shadow and loses its dipole:
-        such craters are missed rather than guessed.
+        such craters are missed rather than guessed. An isolated fresh disturbance (see
+        ``isolated_max_far_change``) needs only a positive dipole.
     max_sun_elevation_deg
         With the azimuth known but not the elevation, ``shading_ramp`` applies to the dipole
         expected under a sun this high: the weakest shading a bowl can show at any plausible
@@ -271,6 +298,22 @@ class CraterParams:
         building broke its roof all around (0.2–0.4); a dark object on, or a hole in, an intact
         roof leaves the roof around as it was (0–0.1, noise and residual misregistration): that
         is roof damage or clutter, not a crater. The score is scaled by ``ramp(surround_change)``.
+    isolated_max_far_change, isolated_min_enclosure
+        With a before image: an *isolated fresh disturbance*, the blast all that changed
+        there. Its ring is brighter than its interior all round (``enclosure`` at least
+        ``isolated_min_enclosure``); it is round (at least the top of ``roundness_ramp``); its
+        ring is not darker than the ground beyond (``ejecta`` ≥ 0: no cast shadow across it);
+        its ejecta blanket (1.15–2 R) changed at least ``min_surround_change`` times the pair's
+        no-change level; and the ground beyond (3–5 R, ``far_change``, in the same units)
+        changed at most ``isolated_max_far_change`` times it. A bowl under 5 px across is
+        kept only if it is one (its shading cannot be measured: the pixel grid and the optics
+        average the lit and shadowed walls together); a larger one that is one needs only to be
+        shaded like a depression (``shading`` > 0), not the dipole of ``shading_ramp`` (a
+        shallow bowl or an irregular floor weakens it). A shell crater on a road or open ground
+        is such a disturbance; a dark gap in rubble lies in a wider field of change, a dark
+        object set down leaves the blanket as it was, and a moved shadow darkens the ring.
+        Not inside a building footprint (when footprints are given): a blob amid a roof that
+        did not change is a hole in it, which is damage (see ``roof_change_ramp``).
     blanket_size_ratio
         A detection whose centre lies within ``2.5 R`` (the ejecta blanket: continuous to about
         2 R, blocks and gaps beyond) of one at least this many times its radius is a block or a
@@ -311,6 +354,8 @@ class CraterParams:
     shadow_ramp: tuple[float, float] = (0.025, 0.05)
     rgb_bands: tuple[int, int, int] | None = None
     roof_change_ramp: tuple[float, float] = (0.08, 0.15)
+    isolated_max_far_change: float = 1.5
+    isolated_min_enclosure: float = 0.75
     blanket_size_ratio: float = 3.0
     min_valid: float = 0.8
     tile_px: int = 1024
@@ -620,13 +665,13 @@ def _detect_tile(
     )
     ejecta_part = 1 - p.ejecta_weight + p.ejecta_weight * ramps(ejecta, *p.ejecta_ramp)
     surround = np.full(len(sel), np.nan)
+    inside = np.zeros(len(sel), bool)
     if lum_b is not None and roofs is not None and len(roofs):
         # inside a building whose roof broke all round, the ring and the "background" beyond
         # it both lie on rubble and broken walls: no ground to show an ejecta blanket against,
         # so the (soft) ejecta evidence is not held against the crater there
         cx = geo[0] + (col2 + c0g + dx2) * geo[1]
         cy = geo[2] + (row2 + r0g + dy2) * geo[3]
-        inside = np.zeros(len(sel), bool)
         hit = shapely.STRtree(roofs).query(shapely.points(cx, cy), predicate="within")[0]
         inside[hit] = True
         at = np.nonzero(inside & (ejecta_part < 1) & (score >= p.score_threshold))[0]
@@ -635,11 +680,34 @@ def _detect_tile(
             broken = ramps(surround[at], *p.roof_change_ramp)
             ejecta_part[at] += (1 - ejecta_part[at]) * broken
     score = score * ejecta_part
+    # bowls under 5 px (searched with a before image only): their shading is noise, no test
+    small = 2 * rad < _MIN_DIAMETER_PX / 1.15
+    part = np.ones(len(sel))
     if sun_px is not None:
         sh = m["shading"]
         lo_s, hi_s = p.shading_ramp
         part = ramps(sh, lo_s * expected_dipole, hi_s * expected_dipole)
-        score = score * np.where(np.isfinite(sh), part, 1.0)
+        part = np.where(np.isfinite(sh) & ~small, part, 1.0)
+    # an isolated fresh disturbance, the blast all that changed there (see CraterParams)
+    far = np.full(len(sel), np.nan)
+    isolated = np.zeros(len(sel), bool)
+    at = np.nonzero((small | (part < 1)) & ok & (score >= p.score_threshold))[0]
+    if lum_b is not None and match_b[2] and len(at):
+        # |after − before| (the before matched to the after) over the pair's no-change level
+        far[at] = annulus(lum, at, 3.0, 5.0, lum_b, match_b[:2]) / match_b[2]
+        blanket = annulus(lum, at, 1.15, 2.0, lum_b, match_b[:2]) / match_b[2]
+        isolated[at] = (
+            (far[at] <= p.isolated_max_far_change)
+            & (blanket >= p.min_surround_change)
+            & (m["enclosure"][at] >= p.isolated_min_enclosure)
+            & (m["roundness"][at] >= p.roundness_ramp[1])
+            & (ejecta[at] >= 0.0)
+            # on a roof, a blob amid an unchanged roof is a hole in it: damage, not a crater
+            & ~inside[at]
+        )
+    # small: kept only if isolated; larger and isolated: shaded as a depression is enough
+    dip = np.where(np.isfinite(m["shading"]), m["shading"] > 0, True)
+    score = score * np.where(small, isolated, np.where(isolated & dip, 1.0, part))
     # colour evidence only scales the score down: measure it where the score can still pass
     ok &= score >= p.score_threshold
     greenness = np.full(len(sel), np.nan)
@@ -692,6 +760,7 @@ def _detect_tile(
             "blueness": float(blueness[k]),
             "persistence": math.nan,
             "surround_change": float(surround[k]),
+            "far_change": float(far[k]),
             "change": float(change_mean[k]),
             "new": None,
             "newness_verified": False,
@@ -833,8 +902,10 @@ def detect_craters(
         ``ejecta``, ``shading``, ``greenness`` and ``blueness`` (NaN with fewer than 3 bands),
         ``persistence`` (before contrast, weighted by enclosure, non-greenness and similarity,
         / after contrast), ``surround_change`` (mean ``|after − before|`` in 1.15–3 R, a share
-        of the scene range; NaN without a before image), ``change`` (mean change score in
-        1.5 R), ``new``, ``newness_verified``, ``on``. Empty (same columns and CRS) when none.
+        of the scene range; NaN without a before image), ``far_change`` (mean ``|after − before|``
+        in 3–5 R over the pair's no-change level, measured for bowls under 5 px and weakly
+        shaded ones only; else NaN),
+        ``change`` (mean change score in 1.5 R), ``new``, ``newness_verified``, ``on``. Empty (same columns and CRS) when none.
 
     Raises
     ------
@@ -896,6 +967,9 @@ def detect_craters(
 
     d_min_px = max(params.min_diameter_m / gsd, _MIN_DIAMETER_PX)
     d_max_px = params.max_diameter_m / gsd
+    # with a before image, smaller bowls too (kept only when isolated, see _detect_tile)
+    d_small_px = max(params.min_diameter_m / gsd, _MIN_SMALL_DIAMETER_PX)
+    d_small_px = d_min_px if before_l is None else min(d_small_px, d_min_px)
     if d_min_px >= d_max_px:
         warnings.warn(
             f"craters of {params.min_diameter_m}-{params.max_diameter_m} m are under "
@@ -905,6 +979,7 @@ def detect_craters(
         )
         return _empty(crs)
     scales = make_scales(d_min_px / 2, d_max_px / 2, params.scales_per_octave)
+    scales = extend_down(scales, d_small_px / 2, params.scales_per_octave)
     r_max = d_max_px / 2 * 1.15
     # a candidate this far from the core can still matter to it (NMS; a small blob in the
     # ejecta blanket of a big crater, up to 2.5 of its radii away)
@@ -951,7 +1026,7 @@ def detect_craters(
         "params": params,
         "sun_px": sun_px,
         "expected_dipole": expected_dipole,
-        "d_px": (d_min_px, d_max_px),
+        "d_px": (d_small_px, d_max_px),
         "match_b": match_b,
     }
     tasks = []

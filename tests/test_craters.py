@@ -149,14 +149,87 @@ def test_detect_craters__finds_each_crater_with_its_diameter(scene) -> None:
     assert found.crs.to_epsg() == 32637
 
 
-def test_detect_craters__bowls_under_5_px_are_not_judged() -> None:
-    # a 2 m crater is 4 px across at 0.5 m: too few pixels to judge its roundness and shading
-    # (in real scenes such blobs are mostly gaps in rubble or clutter); 2.5 m (5 px) is found
+def test_detect_craters__bowls_under_5_px_are_not_judged_from_one_image() -> None:
+    # a 2 m crater is 4 px across at 0.5 m: too few pixels to judge its shading (in real
+    # scenes such blobs are mostly gaps in rubble or clutter); 2.5 m (5 px) is found
     sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
     small = render((96, 96), craters=[(48.0, 48.0, 2.0)], seed=5)
     assert len(detect_craters(raster(small), **sun)) == 0
     found = detect_craters(raster(render((96, 96), craters=[(48.0, 48.0, 2.5)], seed=5)), **sun)
     assert match(found, [(48.0, 48.0, 2.5)]) == [0]
+
+
+def _small_crater_site(d_m: float) -> tuple[np.ndarray, np.ndarray, list]:
+    crater = [(64.0, 64.0, d_m)]
+    return render((128, 128), seed=5), render((128, 128), craters=crater, seed=5), crater
+
+
+@pytest.mark.parametrize("d_m", [1.6, 2.0])
+def test_detect_craters__small_isolated_crater_is_found_with_a_before_image(d_m: float) -> None:
+    # 3-4 px across: no shading test, but a fresh apron on ground that is otherwise unchanged
+    before, after, crater = _small_crater_site(d_m)
+    sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
+    found = detect_craters(raster(after), raster(before), **sun)
+    assert len(found) == 1 and match(found, crater) == [0], found
+    assert found.new[0] and found.far_change[0] <= CraterParams().isolated_max_far_change
+    assert found.diameter_m[0] == pytest.approx(d_m, rel=0.15)
+    assert len(detect_craters(raster(after), **sun)) == 0  # not searched without a before
+
+
+def test_detect_craters__small_blob_amid_an_unchanged_roof_is_not_kept() -> None:
+    # the isolated 2 m blob of the test above, inside a building footprint: a hole in a roof
+    # that did not change around it is damage, not a crater
+    before, after, crater = _small_crater_site(2.0)
+    x0, y0 = TRANSFORM * (24, 24)
+    x1, y1 = TRANSFORM * (104, 104)
+    fp = gpd.GeoDataFrame(geometry=[box(x0, y1, x1, y0)], crs=32637)
+    sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
+    assert match(detect_craters(raster(after), raster(before), **sun), crater) == [0]
+    found = detect_craters(raster(after), raster(before), footprints=fp, **sun)
+    assert match(found, crater) == [None], found
+
+
+def test_detect_craters__small_dark_gap_in_a_field_of_change_is_not_kept() -> None:
+    # the same 2 m crater, with new rubble all round beyond its ejecta (a gap in a collapsed
+    # building's debris looks like this): the ground beyond 3 R changed, so it is not isolated
+    before, after, crater = _small_crater_site(2.0)
+    rng = np.random.default_rng(3)
+    blocks = np.kron(rng.uniform(0.5, 1.6, (64, 64)), np.ones((2, 2)))
+    yy, xx = np.mgrid[0:128, 0:128]
+    rho = np.hypot(yy - 64, xx - 64)
+    field = (rho > 6) & (rho < 30)
+    after[field] *= blocks[field]
+    sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
+    found = detect_craters(raster(after), raster(before), **sun)
+    assert match(found, crater) == [None], found
+    off = CraterParams(isolated_max_far_change=math.inf)  # the isolation test off: kept
+    kept = detect_craters(raster(after), raster(before), params=off, **sun)
+    (k,) = match(kept, crater)
+    assert k is not None and kept.far_change[k] > 3 * CraterParams().isolated_max_far_change
+
+
+def test_detect_craters__isolated_crater_with_a_weak_dipole_needs_only_its_sign() -> None:
+    # a 6 m crater whose bowl is made 40 % point-symmetric (a shallow bowl, an irregular floor):
+    # its dipole falls below shading_ramp, but it is an isolated fresh disturbance
+    before, _, _ = _small_crater_site(2.0)
+    crater = [(64.0, 64.0, 6.0)]
+    after = render((128, 128), craters=crater, seed=5)
+    yy, xx = np.mgrid[0:128, 0:128]
+    bowl = np.hypot(yy - 64, xx - 64) < 6.5
+    turned = np.roll(after[::-1, ::-1], (1, 1), axis=(0, 1))  # 180° about (64, 64)
+    after[bowl] = 0.6 * after[bowl] + 0.4 * turned[bowl]
+    sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
+    found = detect_craters(raster(after), raster(before), **sun)
+    assert match(found, crater) == [0] and found.new[0], found
+    expected = 0.6 * math.cos(math.radians(45.0))
+    assert 0 < found.shading[0] < CraterParams().shading_ramp[0] * expected
+    assert found.far_change[0] <= CraterParams().isolated_max_far_change
+    off = CraterParams(isolated_max_far_change=0.0)  # no isolation: the dipole decides
+    assert match(detect_craters(raster(after), raster(before), params=off, **sun), crater) == [None]
+    # turned into a mound's dipole (the walls' shading swapped), isolation does not keep it
+    mound = after.copy()
+    mound[bowl] = turned[bowl]
+    assert match(detect_craters(raster(mound), raster(before), **sun), crater) == [None]
 
 
 def test_detect_craters__crater_present_before_is_not_new(scene) -> None:
