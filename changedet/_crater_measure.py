@@ -614,13 +614,15 @@ def annulus_means(
     r_out: np.ndarray,
     minus: np.ndarray | None = None,
     minus_scale: tuple[float, float] = (1.0, 0.0),
+    sectors: int = 0,
 ) -> np.ndarray:
     """Mean of the finite values of ``arr`` with ``r_in <= ρ < r_out`` px of each centre.
 
     Centres are integer tile pixels plus sub-pixel offsets; NaN where no value is finite. With
     ``minus`` (an array like ``arr``), the mean of ``|arr − (g · minus + o)|`` instead, with
     ``(g, o) = minus_scale``, computed in the windows only (no difference image of the whole
-    tile).
+    tile). With ``sectors > 0``, an ``(n, sectors)`` array: the mean in each of that many equal
+    angular sectors of the annulus, the first starting at −x and turning through −y.
 
     Examples
     --------
@@ -628,9 +630,12 @@ def annulus_means(
     >>> annulus_means(a, np.array([2]), np.array([2]), np.zeros(1), np.zeros(1),
     ...               np.zeros(1), np.array([1.5]))
     array([12.])
+    >>> annulus_means(a, np.array([2]), np.array([2]), np.zeros(1), np.zeros(1),
+    ...               np.full(1, 0.5), np.array([1.5]), sectors=2)  # upper half, lower half
+    array([[ 8., 16.]])
     """
     n = len(rows)
-    res = np.full(n, np.nan)
+    res = np.full((n, sectors) if sectors else n, np.nan)
     if n == 0:
         return res
     rows = np.asarray(rows, np.int64)
@@ -646,9 +651,15 @@ def annulus_means(
             if minus_scale != (1.0, 0.0):
                 other = minus_scale[0] * other + minus_scale[1]
             win = np.abs(win - other)
-        _, _, rho = _polar(h, dy[idx], dx[idx])
+        y, x, rho = _polar(h, dy[idx], dx[idx])
         mask = (rho >= r_in[idx][:, None, None]) & (rho < r_out[idx][:, None, None])
-        res[idx] = _masked_mean(win, mask)
+        if not sectors:
+            res[idx] = _masked_mean(win, mask)
+            continue
+        ang = np.arctan2(*np.broadcast_arrays(y, x))
+        sec = np.floor((ang + np.pi) / (2 * np.pi) * sectors).astype(np.int64) % sectors
+        for k in range(sectors):
+            res[idx, k] = _masked_mean(win, mask & (sec == k))
     return res
 
 

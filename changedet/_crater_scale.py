@@ -26,10 +26,15 @@ LOCAL_TRUNCATE = 2.5
 
 @dataclass(frozen=True)
 class Scales:
-    """Radii (px) of the pyramid levels and the block factor each runs at."""
+    """Radii (px) of the pyramid levels and the block factor each runs at.
+
+    The first ``n_below`` levels were added below the pyramid (:func:`extend_down`): their
+    candidates never displace those of the other levels.
+    """
 
     radii_px: tuple[float, ...]
     factors: tuple[int, ...]
+    n_below: int = 0
 
     @property
     def max_factor(self) -> int:
@@ -54,8 +59,9 @@ def make_scales(r_min_px: float, r_max_px: float, per_octave: int) -> Scales:
 def extend_down(scales: Scales, r_min_px: float, per_octave: int) -> Scales:
     """``scales`` with levels added below its smallest, in the same steps, down to ``r_min_px``.
 
-    The levels already there stay as they are, so the larger blobs are found exactly as without
-    the extension.
+    The levels already there stay as they are, and :func:`find_candidates` lets no candidate of
+    the new levels displace one of theirs, so the larger blobs are found exactly as without the
+    extension.
 
     Examples
     --------
@@ -69,7 +75,11 @@ def extend_down(scales: Scales, r_min_px: float, per_octave: int) -> Scales:
     while r * step >= r_min_px / 1.05:  # a level within 5 % of the bound still counts
         r *= step
         extra.insert(0, r)
-    return Scales(tuple(extra) + scales.radii_px, (1,) * len(extra) + scales.factors)
+    return Scales(
+        tuple(extra) + scales.radii_px,
+        (1,) * len(extra) + scales.factors,
+        len(extra) + scales.n_below,
+    )
 
 
 def block_mean(img: np.ndarray, f: int) -> np.ndarray:
@@ -166,11 +176,14 @@ def find_candidates(
         ``(n, 5)`` float64 rows ``(row, col, radius_px, response, local_mean)`` in tile pixels
         (``local_mean``: mean of ``lum`` in a Gaussian window of ``2 r``), after
         non-maximum suppression across scales: a candidate is dropped when a stronger one lies
-        within half the larger of the two radii.
+        within half the larger of the two radii. Candidates of the ``scales.n_below`` levels
+        added below the pyramid are suppressed among themselves, and dropped within half a
+        radius of a stronger other one (a weaker one near it stays too: both are measured).
     """
     rows: list[np.ndarray] = []
+    below: list[np.ndarray] = []
     cache: dict[int, np.ndarray] = {}
-    for r, f in zip(scales.radii_px, scales.factors, strict=True):
+    for k, (r, f) in enumerate(zip(scales.radii_px, scales.factors, strict=True)):
         if f not in cache:
             cache[f] = block_mean(lum, f).astype(np.float32)
         small = cache[f]
@@ -203,11 +216,27 @@ def find_candidates(
         out[:, 2] = r
         out[:, 3] = resp[iy, ix]
         out[:, 4] = local_mean
-        rows.append(out)
-    if not rows:
-        return np.empty((0, 5))
-    cand = np.concatenate(rows)
-    return suppress(cand[:, :2], cand[:, 2], cand[:, 3], factor=0.5, rows=cand)
+        (below if k < scales.n_below else rows).append(out)
+    cand = np.concatenate(rows) if rows else np.empty((0, 5))
+    cand = suppress(cand[:, :2], cand[:, 2], cand[:, 3], factor=0.5, rows=cand)
+    if not below:
+        return cand
+    small = np.concatenate(below)
+    small = suppress(small[:, :2], small[:, 2], small[:, 3], factor=0.5, rows=small)
+    if len(cand) and len(small):
+        from scipy.spatial import cKDTree
+
+        near = cKDTree(cand[:, :2]).query_ball_point(small[:, :2], 0.5 * float(cand[:, 2].max()))
+        gone = [
+            any(
+                cand[j, 3] >= small[i, 3]
+                and math.hypot(*(small[i, :2] - cand[j, :2])) < 0.5 * max(small[i, 2], cand[j, 2])
+                for j in js
+            )
+            for i, js in enumerate(near)
+        ]
+        small = small[~np.array(gone, bool)]
+    return np.concatenate([cand, small])
 
 
 def suppress(

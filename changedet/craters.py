@@ -54,11 +54,12 @@ How a crater looks in 0.3–1 m imagery, and the measurement that tests each tra
   ``|after − before|`` in ``1.15–3 R``): a bomb that cratered a building broke it; a dark object
   on, or a hole in, a roof that is otherwise as it was is roof damage or clutter, which the damage
   stage judges. Without footprints (or without a before image) the test is skipped;
-* **an isolated fresh disturbance** — with a before image, a blob whose blanket (``1.15–2 R``)
-  changed amid ground (``3–5 R``, ``far_change``) that did not (``isolated_max_far_change``),
-  enclosed and round, is the blast and nothing else: a dark gap in rubble lies in a wide
-  field of change, a dark object set down leaves its surroundings as they were (and inside a
-  building footprint such a blob is a hole in an intact roof: damage). A bowl under
+* **an isolated fresh disturbance** — with a before image, an enclosed, round blob whose
+  blanket (``1.15–2 R``) changed all round amid ground (``3–5 R``, ``far_change``) that did not
+  (``isolated_max_far_change``) is the blast and nothing else: a dark gap in rubble lies in a
+  wide field of change, a dark object set down leaves its surroundings as they were, a car
+  that moved changes them along one axis only (and inside a building footprint such a blob is
+  a hole in an intact roof: damage). A bowl under
   5 px across (a 1.5–2.5 m shell crater at 0.5 m) has no measurable wall shading, so the
   shading test cannot tell it from clutter: it is kept only when it is such a disturbance
   (without a before image such bowls are not searched). A larger bowl that is one needs only
@@ -302,16 +303,17 @@ class CraterParams:
         With a before image: an *isolated fresh disturbance*, the blast all that changed
         there. Its ring is brighter than its interior all round (``enclosure`` at least
         ``isolated_min_enclosure``); it is round (at least the top of ``roundness_ramp``); its
-        ring is not darker than the ground beyond (``ejecta`` ≥ 0: no cast shadow across it);
-        its ejecta blanket (1.15–2 R) changed at least ``min_surround_change`` times the pair's
-        no-change level; and the ground beyond (3–5 R, ``far_change``, in the same units)
-        changed at most ``isolated_max_far_change`` times it. A bowl under 5 px across is
+        ejecta blanket (1.15–2 R) changed all round, in 7 of its 8 sectors at least
+        ``min_surround_change`` times the pair's no-change level (bright or dark ejecta alike);
+        and the ground beyond (3–5 R, ``far_change``, in the same units) changed at most
+        ``isolated_max_far_change`` times it. A bowl under 5 px across is
         kept only if it is one (its shading cannot be measured: the pixel grid and the optics
         average the lit and shadowed walls together); a larger one that is one needs only to be
         shaded like a depression (``shading`` > 0), not the dipole of ``shading_ramp`` (a
         shallow bowl or an irregular floor weakens it). A shell crater on a road or open ground
         is such a disturbance; a dark gap in rubble lies in a wider field of change, a dark
-        object set down leaves the blanket as it was, and a moved shadow darkens the ring.
+        object set down leaves the blanket as it was, and a car that moved or a shadow that
+        moved with the sun changes the ground along one side or one axis only.
         Not inside a building footprint (when footprints are given): a blob amid a roof that
         did not change is a hole in it, which is damage (see ``roof_change_ramp``).
     blanket_size_ratio
@@ -608,6 +610,19 @@ def _detect_tile(
     cand = cand[cand[:, 3] / 0.8 >= 0.5 * p.weber_ramp[0] * np.maximum(cand[:, 4] + offset, 1e-9)]
     # block centres are integers or .5: floor is stable
     irow, icol = np.floor(cand[:, 0]).astype(int), np.floor(cand[:, 1]).astype(int)
+    if lum_b is not None and match_b[2]:
+        # cheap screen of the small blobs (the most numerous): refine and measure only those
+        # that can pass the isolation test below, with a margin (1.5 x) for the refinement
+        sm = np.nonzero(2 * cand[:, 2] < _MIN_DIAMETER_PX / 1.15)[0]
+        far0, blanket0 = _isolation(
+            lum, lum_b, irow[sm], icol[sm], None, None, cand[sm, 2], match_b, all_round=False
+        )
+        drop = sm[
+            (far0 > 1.5 * p.isolated_max_far_change) | (blanket0 < p.min_surround_change / 1.5)
+        ]
+        keep = np.ones(len(cand), bool)
+        keep[drop] = False
+        cand, irow, icol = cand[keep], irow[keep], icol[keep]
     ref_dy, ref_dx, ref_r = refine_all(filled, irow, icol, cand[:, 2])
     del filled  # the tile's working set: keep only what the measurements read
     # re-centre on the refined integer pixel so the measurement is position independent
@@ -693,15 +708,14 @@ def _detect_tile(
     isolated = np.zeros(len(sel), bool)
     at = np.nonzero((small | (part < 1)) & ok & (score >= p.score_threshold))[0]
     if lum_b is not None and match_b[2] and len(at):
-        # |after − before| (the before matched to the after) over the pair's no-change level
-        far[at] = annulus(lum, at, 3.0, 5.0, lum_b, match_b[:2]) / match_b[2]
-        blanket = annulus(lum, at, 1.15, 2.0, lum_b, match_b[:2]) / match_b[2]
+        far[at], blanket = _isolation(
+            lum, lum_b, row2[at], col2[at], dy2[at], dx2[at], rad[at], match_b
+        )
         isolated[at] = (
             (far[at] <= p.isolated_max_far_change)
             & (blanket >= p.min_surround_change)
             & (m["enclosure"][at] >= p.isolated_min_enclosure)
             & (m["roundness"][at] >= p.roundness_ramp[1])
-            & (ejecta[at] >= 0.0)
             # on a roof, a blob amid an unchanged roof is a hole in it: damage, not a crater
             & ~inside[at]
         )
@@ -800,6 +814,44 @@ def _detect_tile(
         if y0 <= f["row"] < y1 and x0 <= f["col"] < x1:
             out.append(f)
     return out
+
+
+def _isolation(
+    lum: np.ndarray,
+    lum_b: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    dy: np.ndarray | None,
+    dx: np.ndarray | None,
+    radius: np.ndarray,
+    match_b: tuple[float, float, float | None],
+    all_round: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``far_change`` and the blanket's all-round change of blobs, over the no-change level.
+
+    ``|after − before|`` (the before matched to the after by ``match_b[:2]``) over the pair's
+    no-change level ``match_b[2]``: its mean in ``3–5 R``, and the second-weakest of its means
+    in 8 sectors of ``1.15–2 R`` (the blanket changed all round: a car that moved or a shadow
+    that moved with the sun changes the ground along one side or one axis only), or with
+    ``all_round=False`` (cheaper, never smaller) the mean of the whole blanket.
+    """
+    zero = np.zeros(len(rows))
+    dy = zero if dy is None else dy
+    dx = zero if dx is None else dx
+    noise = float(match_b[2] or 1.0)
+    far = annulus_means(lum, rows, cols, dy, dx, 3.0 * radius, 5.0 * radius, lum_b, match_b[:2])
+    if not all_round:
+        blanket = annulus_means(
+            lum, rows, cols, dy, dx, 1.15 * radius, 2.0 * radius, lum_b, match_b[:2]
+        )
+        return far / noise, blanket / noise
+    sectors = annulus_means(
+        lum, rows, cols, dy, dx, 1.15 * radius, 2.0 * radius, lum_b, match_b[:2], sectors=8
+    )
+    if len(rows) == 0:
+        return far / noise, np.empty(0)
+    blanket = np.sort(np.where(np.isfinite(sectors), sectors, -np.inf), axis=1)[:, 1]
+    return far / noise, blanket / noise
 
 
 def _in_blanket(circles: np.ndarray, kept: np.ndarray, ratio: float) -> np.ndarray:

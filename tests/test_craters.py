@@ -8,6 +8,7 @@ bowl, a bright irregular ejecta blanket fading out to ~3 radii, debris specks), 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import geopandas as gpd
@@ -187,6 +188,30 @@ def test_detect_craters__small_blob_amid_an_unchanged_roof_is_not_kept() -> None
     assert match(detect_craters(raster(after), raster(before), **sun), crater) == [0]
     found = detect_craters(raster(after), raster(before), footprints=fp, **sun)
     assert match(found, crater) == [None], found
+
+
+def test_detect_craters__small_blob_needs_its_blanket_changed_all_round() -> None:
+    # a dark 2 m bowl with a bright fresh apron, all round or with three eighths of the ring
+    # unchanged (a car that moved, a shadow that moved with the sun change one side only)
+    before = render((128, 128), seed=5)
+    yy, xx = np.mgrid[0:128, 0:128]
+    rho = np.hypot(yy - 64, xx - 64)
+    crater = [(64.0, 64.0, 2.0)]
+    ring = (rho >= 2) & (rho < 4)
+    missing = (xx < 64) & ((yy < 64) | (yy - 64 < 64 - xx))
+    sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
+    # enclosure (which a one-sided apron also lowers) out of the way: the blanket rule alone
+    p = CraterParams(isolated_min_enclosure=0.0)
+    found = []
+    for apron in (ring, ring & ~missing):
+        after = before + np.random.default_rng(9).normal(0, 2.0, before.shape)
+        after[rho < 2] *= 0.5
+        after[apron] *= 1.35
+        pair = (raster(after.astype(np.float32)), raster(before))
+        found.append(match(detect_craters(*pair, params=p, **sun), crater)[0])
+        off = dataclasses.replace(p, min_surround_change=0.0)  # the blanket rule off: kept
+        assert match(detect_craters(*pair, params=off, **sun), crater) == [0]
+    assert found == [0, None]
 
 
 def test_detect_craters__small_dark_gap_in_a_field_of_change_is_not_kept() -> None:
@@ -684,6 +709,23 @@ def test_detect_craters__dark_block_in_a_big_craters_ejecta_is_not_a_crater() ->
         **sun,
     )
     pd_testing.assert_frame_equal(_frame(chunked), _frame(found))
+
+
+def test_find_candidates__levels_added_below_leave_the_others_as_they_were() -> None:
+    from changedet._crater_scale import extend_down, find_candidates, make_scales
+
+    img = render((160, 160), craters=[(50.0, 50.0, 2.0), (100.0, 110.0, 6.0)], seed=4)
+    img = (img - img.min()) / np.ptp(img)
+    main = make_scales(2.5, 12.0, 3)
+    more = extend_down(main, 1.5, 3)
+    assert more.n_below == 2 and more.radii_px[2:] == main.radii_px
+    base = find_candidates(img.astype(np.float64), main, 0.015, 1.1)
+    ext = find_candidates(img.astype(np.float64), more, 0.015, 1.1)
+    np.testing.assert_array_equal(ext[: len(base)], base)
+    added = ext[len(base) :]
+    assert len(added) and (added[:, 2] < 2.5).all()
+    # the 2 m crater (2 px radius) is among the added candidates
+    assert (np.hypot(added[:, 0] - 50, added[:, 1] - 50) < 1.5).any()
 
 
 def test_local_stats__equals_gaussian_filter_at_the_points() -> None:
