@@ -80,12 +80,26 @@ def _parse_value(text: str) -> object:
     return text
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _console_log() -> None:
+    """changedet's progress on stderr; other libraries' loggers (pyogrio's "Created 0 records",
+    distributed's) keep their own levels and handlers, as the root logger is left alone."""
     import logging
+
+    logger = logging.getLogger("changedet")
+    logger.setLevel(logging.INFO)
+    for old in [h for h in logger.handlers if getattr(h, "_changedet_console", False)]:
+        logger.removeHandler(old)  # one console handler, on the current stderr
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("changedet: %(message)s"))
+    handler._changedet_console = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
 
     from changedet.pipeline import run_pair
 
-    logging.basicConfig(level=logging.INFO, format="changedet: %(message)s")
+    _console_log()
     cfg = _load_config(args)
     result = run_pair(
         args.before,
@@ -128,13 +142,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    import logging
 
     from changedet.batch import run_batch
 
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("changedet: %(message)s"))
-    logging.getLogger("changedet").addHandler(handler)
+    _console_log()
     cfg = _load_config(args)
     record = run_batch(
         args.tiles,

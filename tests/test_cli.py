@@ -46,3 +46,20 @@ def test_console_script__no_traceback_on_bad_input(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "is not a folder" in proc.stderr
+
+
+def test_console_log__changedet_progress_only(capsys: pytest.CaptureFixture[str]) -> None:
+    # `changedet run` prints its own progress; other libraries' INFO records (pyogrio's
+    # "Created 0 records" on every vector layer written) stay quiet, as the root logger is untouched
+    import logging
+
+    from changedet.cli import _console_log
+
+    root_handlers = list(logging.getLogger().handlers)
+    _console_log()
+    _console_log()  # again (a second command in the same process): still one line per record
+    logging.getLogger("changedet").info("write done")
+    logging.getLogger("pyogrio._io").info("Created 0 records")
+    err = capsys.readouterr().err
+    assert err == "changedet: write done\n"
+    assert logging.getLogger().handlers == root_handlers
