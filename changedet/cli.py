@@ -121,14 +121,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"residual {coreg.rmse_px:.3f} px, {coreg.n_kept}/{coreg.n_tie_points} tie points, gate {gate}"
     )
     n_new = int((result.craters["new"] == True).sum()) if len(result.craters) else 0  # noqa: E712
-    print(f"craters: {len(result.craters)} detected, {n_new} new")
+    if result.craters_not_searched:
+        print(f"craters: not searched ({result.craters_not_searched})")
+    else:
+        print(f"craters: {len(result.craters)} detected, {n_new} new")
     if len(result.damage):
         counts = result.damage["damage_class"].value_counts()
         print("damage: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if result.facilities is not None:
         for _, f in result.facilities.iterrows():
             near = (
-                "none"
+                "not searched"
+                if result.craters_not_searched
+                else "none"
                 if f["nearest_crater_m"] != f["nearest_crater_m"]
                 else f"{f['nearest_crater_m']:.0f} m"
             )

@@ -902,6 +902,28 @@ def _empty(crs: Any) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(cols, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
 
 
+def not_searched(params: CraterParams, gsd_m: float) -> str | None:
+    """Why no crater can be searched at this pixel size, or ``None`` when they can.
+
+    A run that searched nothing must not read as "no craters": the pipeline reports this
+    reason in its summary, ``report.html`` and ``manifest.json``.
+
+    Examples
+    --------
+    >>> not_searched(CraterParams(), 0.5) is None
+    True
+    >>> not_searched(CraterParams(), 10.0)
+    'craters of 1.5-25 m are under 5 px at 10 m per pixel and cannot be resolved'
+    """
+    d_min_px = max(params.min_diameter_m / gsd_m, _MIN_DIAMETER_PX)
+    if d_min_px < params.max_diameter_m / gsd_m:
+        return None
+    return (
+        f"craters of {params.min_diameter_m:g}-{params.max_diameter_m:g} m are under "
+        f"{_MIN_DIAMETER_PX:g} px at {gsd_m:g} m per pixel and cannot be resolved"
+    )
+
+
 def detect_craters(
     after: xr.DataArray,
     before: xr.DataArray | None = None,
@@ -1022,13 +1044,9 @@ def detect_craters(
     # with a before image, smaller bowls too (kept only when isolated, see _detect_tile)
     d_small_px = max(params.min_diameter_m / gsd, _MIN_SMALL_DIAMETER_PX)
     d_small_px = d_min_px if before_l is None else min(d_small_px, d_min_px)
-    if d_min_px >= d_max_px:
-        warnings.warn(
-            f"craters of {params.min_diameter_m}-{params.max_diameter_m} m are under "
-            f"{_MIN_DIAMETER_PX:g} px at {gsd:g} m per pixel and cannot be resolved; none searched",
-            UserWarning,
-            stacklevel=2,
-        )
+    why = not_searched(params, gsd)
+    if why is not None:
+        warnings.warn(f"{why}; none searched", UserWarning, stacklevel=2)
         return _empty(crs)
     scales = make_scales(d_min_px / 2, d_max_px / 2, params.scales_per_octave)
     scales = extend_down(scales, d_small_px / 2, params.scales_per_octave)

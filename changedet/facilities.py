@@ -162,6 +162,7 @@ def score_facilities(
     before: Any = None,
     after: Any = None,
     value_range: float | None = None,
+    craters_searched: bool = True,
 ) -> gpd.GeoDataFrame:
     """One row per facility: craters in each ring, nearest and largest crater, damage.
 
@@ -189,6 +190,10 @@ def score_facilities(
         Scale of the data for that evidence (e.g. 255); estimated from the whole scene as
         :func:`changedet.damage.assess_damage` does when omitted. Pass the value the damage
         stage used so that both judge pixels alike.
+    craters_searched
+        ``False`` when no crater could be searched (:func:`changedet.craters.not_searched`):
+        the ring counts are then missing (``<NA>``, an empty cell in the CSV), not 0, so that
+        "not looked for" never reads as "none found".
 
     Returns
     -------
@@ -225,7 +230,7 @@ def score_facilities(
         else:
             d = new.geometry.distance(geom).to_numpy()
         for r in rings:
-            rows[f"craters_within_{r:g}m"].append(int((d <= r).sum()))
+            rows[f"craters_within_{r:g}m"].append(int((d <= r).sum()) if craters_searched else None)
         if len(d):
             i = int(np.argmin(d))
             nearest.append(round(float(d[i]), 2))
@@ -243,7 +248,7 @@ def score_facilities(
     out = pd.DataFrame(fac[["id", "name", "type"]])
     out["in_scene"] = in_scene
     for k, v in rows.items():
-        out[k] = v
+        out[k] = pd.array(v, dtype="Int64") if not craters_searched else v
     out["nearest_crater_m"] = nearest
     out["nearest_crater_id"] = nearest_id
     out["largest_crater_m"] = largest

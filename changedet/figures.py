@@ -499,6 +499,7 @@ def plot_overview(
     rings_m: Sequence[float] = (),
     title: str = "",
     caption: str = "",
+    crater_note: str | None = None,
 ) -> Any:
     """The overview map: the after image, detections, facilities labelled, map furniture.
 
@@ -522,6 +523,8 @@ def plot_overview(
         Facility rings; the largest is drawn.
     title, caption
         Figure title and the caption line (dates, sensor, attribution).
+    crater_note
+        Legend text for the craters instead of their count (e.g. "not searched").
 
     Returns
     -------
@@ -566,7 +569,8 @@ def plot_overview(
         if outer:
             items.insert(1, ("dashed", STYLE["ring"], f"{outer:g} m ring"))
     n = draw_craters(ax, craters, fontsize=6.5)
-    items.insert(0, ("circle", STYLE["crater"], f"new crater, at its diameter ({n})"))
+    label = crater_note or f"new crater, at its diameter ({n})"
+    items.insert(0, ("circle", STYLE["crater"], label))
     set_map_axes(ax, image_bounds, crs_name=crs_name)
     if projected:
         add_scale_bar(ax)
@@ -591,6 +595,7 @@ def plot_facility(
     projected: bool = True,
     craters: Any = None,
     crater_list: Any = None,
+    crater_note: str | None = None,
     damage: Any = None,
     rings_m: Sequence[float] = (),
     threshold: float | None = None,
@@ -617,6 +622,8 @@ def plot_facility(
     crater_list
         Table printed under the panels (``id``, ``diameter_m``, ``distance_m``, ``ring``,
         ``in_crop``): every new crater within the outermost ring.
+    crater_note
+        Printed instead of that table when no crater was searched (why not).
     damage
         Buildings with ``damage_class`` (damaged ones outlined on the after panel).
     rings_m
@@ -694,7 +701,7 @@ def plot_facility(
     text_ax.text(
         0,
         1,
-        _crater_lines(crater_list, max_listed, rings_m),
+        crater_note or _crater_lines(crater_list, max_listed, rings_m),
         va="top",
         ha="left",
         family="DejaVu Sans Mono",

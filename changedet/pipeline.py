@@ -94,6 +94,9 @@ class PairResult:
     sun
         The after image's sun position the crater shading test used, and where it came from
         (:class:`changedet.sun.Sun`).
+    craters_not_searched
+        Why no crater was searched (:func:`changedet.craters.not_searched`: pixels too coarse),
+        or ``None``. An empty ``craters`` then means "not looked for", not "none found".
     outputs
         Files written, by name.
     timings
@@ -111,6 +114,7 @@ class PairResult:
     damage: gpd.GeoDataFrame
     facilities: gpd.GeoDataFrame | None = None
     sun: Any = None
+    craters_not_searched: str | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -343,6 +347,7 @@ def _run_pair(
             sun_elevation_deg=sun.elevation_deg,
             footprints=fp,
         )
+        crater_note = craters.not_searched(crater_params, change.gsd_of(after_n))
     with _stage("damage", timings), _progress(progress):
         evidence: dict[str, Any] = {
             "threshold": thr,
@@ -371,6 +376,7 @@ def _run_pair(
                 threshold=thr,
                 not_assessable=na,
                 damage_params=cfg.damage,
+                craters_searched=crater_note is None,
                 before=before_da,
                 after=after_n,
                 value_range=value_range,
@@ -387,6 +393,7 @@ def _run_pair(
         damage=damage_gdf,
         facilities=fac_scores,
         sun=sun,
+        craters_not_searched=crater_note,
         timings=timings,
     )
     if out is not None:
@@ -405,6 +412,7 @@ def _run_pair(
             out_dir=Path(out),
         )
         manifest["sun"] = sun.to_dict()
+        manifest["craters_not_searched"] = result.craters_not_searched
         if footprints is not None and _path(footprints) is None:
             manifest["inputs"].append(
                 {"role": "footprints", "path": None, "note": "in-memory GeoDataFrame"}
@@ -606,7 +614,11 @@ class _RunLog(logging.Handler):
             log.propagate = False
             self._forward = _Forward(effective)
             log.addHandler(self._forward)
-        log.info("changedet %s: run_pair", __version__)
+        # the header goes to run.log only: on the console, bad input stays a one-line error
+        header = log.makeRecord(
+            log.name, logging.INFO, __file__, 0, "changedet %s: run_pair", (__version__,), None
+        )
+        self.emit(header)
         import warnings
 
         self._showwarning = shown = warnings.showwarning
@@ -748,6 +760,7 @@ def write_outputs(
                 rings_m=cfg.facilities.rings_m,
                 config=cfg.report,
                 title=_title(result, cfg),
+                craters_not_searched=result.craters_not_searched,
             )
         )
     return files

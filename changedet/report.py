@@ -473,6 +473,7 @@ def write_figures(
     rings_m: Sequence[float] = (50.0, 100.0, 250.0),
     config: Any = None,
     title: str = "",
+    craters_not_searched: str | None = None,
 ) -> dict[str, Path]:
     """Write ``figures/overview.png`` and ``figures/facility_<id>.png`` (+ PDF/SVG if asked).
 
@@ -499,12 +500,17 @@ def write_figures(
         :class:`changedet.config.ReportConfig` (dpi, extra formats, crop size, caption fields).
     title
         Prefix of the figure titles (e.g. the site name).
+    craters_not_searched
+        Why no crater was searched (:func:`changedet.craters.not_searched`), or ``None``: the
+        figures then say "not searched" where they would count craters.
 
     Returns
     -------
     dict
         Files written, by path relative to ``out`` (``figures/overview.png``, ...).
     """
+    import pandas as pd
+
     from changedet.config import ReportConfig
     from changedet.craters import new_craters
     from changedet.figures import figure_style, plot_facility, plot_overview, save_figure
@@ -539,6 +545,7 @@ def write_figures(
             damage=damage,
             facilities=facilities,
             rings_m=rings_m,
+            crater_note="new craters: not searched" if craters_not_searched else None,
             title=f"{title}: after image, new craters, damage and facilities".lstrip(": "),
             caption=caption,
         )
@@ -555,13 +562,22 @@ def write_figures(
         dmg = None
         if damage is not None and len(damage):
             dmg = damage.cx[crop[0] : crop[2], crop[1] : crop[3]]
-        counts = " / ".join(str(int(fac.get(f"craters_within_{r:g}m", 0))) for r in rings_m)
+        ring_counts = [fac.get(f"craters_within_{r:g}m", 0) for r in rings_m]
         near = fac.get("nearest_crater_m")
         near_txt = "none" if near is None or near != near else f"{near:.0f} m"
+        note = None
+        if craters_not_searched or any(pd.isna(c) for c in ring_counts):  # none looked for
+            crater_txt = "craters not searched (pixels too coarse)"
+            note = "No crater was searched: the pixels are too coarse for the sizes asked."
+        else:
+            counts = " / ".join(str(int(c)) for c in ring_counts)
+            crater_txt = (
+                f"{counts} new craters within {' / '.join(f'{r:g}' for r in rings_m)} m, "
+                f"nearest {near_txt}"
+            )
         fig_title = (
             f"{fac['id']} {fac.get('name', '')} ({fac.get('type', 'unknown')}): "
-            f"{counts} new craters within {' / '.join(f'{r:g}' for r in rings_m)} m, "
-            f"nearest {near_txt}, damage: {fac.get('damage_class') or 'not assessed'}"
+            f"{crater_txt}, damage: {fac.get('damage_class') or 'not assessed'}"
         )
         with figure_style():
             fig = plot_facility(
@@ -575,6 +591,7 @@ def write_figures(
                 projected=projected,
                 craters=shown,
                 crater_list=table,
+                crater_note=note,
                 damage=dmg,
                 rings_m=rings_m,
                 threshold=threshold,
@@ -734,7 +751,9 @@ def html_escape(value: Any) -> str:
 
 
 def _cell(value: Any) -> tuple[str, bool]:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    import pandas as pd
+
+    if value is None or value is pd.NA or (isinstance(value, float) and not math.isfinite(value)):
         return "–", False
     if isinstance(value, (bool, np.bool_)):
         return ("yes" if value else "no"), False
@@ -993,7 +1012,11 @@ def write_report(
         "grid": f"{crs_name}, pixel {abs(res[0]):g} × {abs(res[1]):g} (CRS units)",
         "co-registration gate": gate,
         "sun of the after image (crater shading test)": _sun_line(manifest.get("sun")),
-        "new craters": n_new,
+        "new craters": (
+            f"not searched: {manifest['craters_not_searched']}"
+            if manifest.get("craters_not_searched")
+            else n_new
+        ),
         "detections already in the before image (not counted)": n_old,
         "damage (per footprint or region)": (
             ", ".join(f"{k} {v}" for k, v in damage_counts.items())
@@ -1043,6 +1066,12 @@ def write_report(
             "of the facility (of its footprint's edge; 0 inside it). Crater ids are those of "
             "craters.geojson and of the circles in the figures.</p>",
         ]
+        if manifest.get("craters_not_searched"):
+            parts.append(
+                '<p class="note">No crater was searched in this run ('
+                + html_escape(manifest["craters_not_searched"])
+                + "): the crater columns are empty, which does not mean no crater is there.</p>"
+            )
         half = cfg.crop_m / 2
         for _, fac in facilities.iterrows():
             c = fac.geometry.centroid
@@ -1094,6 +1123,12 @@ def write_report(
             "newness_verified": "newness verified",
         }
         crater_html = html_table(table, columns=cols, attrs='class="craters"')
+    elif manifest.get("craters_not_searched"):
+        crater_html = (
+            "<p>No crater was searched: "
+            + html_escape(manifest["craters_not_searched"])
+            + ". An empty list here does not mean no crater is there.</p>"
+        )
     else:
         crater_html = "<p>No new crater detected.</p>"
     crater_html += (

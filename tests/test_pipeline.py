@@ -190,6 +190,9 @@ def test_run_pair__one_figure_per_facility_at_150_dpi(run: Path, site: Path) -> 
 
 def test_run_pair__run_log_and_manifest_entries(run: Path) -> None:
     text = (run / "run.log").read_text()
+    from changedet import __version__
+
+    assert text.splitlines()[0].endswith(f"INFO changedet {__version__}: run_pair")
     for stage in ("read", "coregister", "craters", "facilities", "write", "report"):
         assert f"INFO {stage} done in" in text
     manifest = json.loads((run / "manifest.json").read_text())
@@ -198,6 +201,7 @@ def test_run_pair__run_log_and_manifest_entries(run: Path) -> None:
     assert manifest["unchecked_outputs"]["run.log"]["reason"] == RUN_LOG_REASON
     assert manifest["timings_s"]["report"] >= 0
     assert manifest["sun"]["source"] == "given"
+    assert manifest["craters_not_searched"] is None
     assert "sun of the after image: azimuth" in text
 
 
@@ -485,3 +489,35 @@ def test_run_pair__finds_the_red_green_and_blue_bands_by_their_labels(
     )
     shades = {round(v, 3) for v in rgb.craters["blueness"]}
     assert shades != {round(v, 3) for v in wrong.craters["blueness"]}
+
+
+def test_run_pair__craters_not_searched_is_said_not_counted_as_none(
+    site: Path, sun: tuple[float, float], tmp_path: Path
+) -> None:
+    # pixels too coarse for the crater sizes asked (5 px floor > 2 m / 0.5 m): nothing is
+    # searched, and the summary, report, manifest and facility table say so instead of "0"
+    import pandas as pd
+
+    cfg = Config().updated_dotted({"craters.max_diameter_m": 2.0})
+    with pytest.warns(UserWarning, match="cannot be resolved"):
+        result = run_pair(
+            site / "before.tif",
+            site / "after.tif",
+            out=tmp_path / "o",
+            footprints=site / "footprints.geojson",
+            facilities=site / "facilities.geojson",
+            sun_azimuth_deg=sun[0],
+            sun_elevation_deg=sun[1],
+            config=cfg,
+        )
+    assert len(result.craters) == 0
+    assert "cannot be resolved" in (result.craters_not_searched or "")
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["craters_not_searched"] == result.craters_not_searched
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert "not searched: craters of 1.5-2 m" in html and "&lt;NA&gt;" not in html
+    assert "does not mean no crater is there" in html
+    table = pd.read_csv(tmp_path / "o" / "facilities.csv")
+    rings = [c for c in table.columns if c.startswith("craters_within_")]
+    assert rings and table[rings].isna().all().all()
+    assert result.facilities is not None and result.facilities[rings].isna().all().all()
