@@ -30,17 +30,38 @@ Examples
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import rasterio.errors
 import rasterio.warp
 import xarray as xr
 from affine import Affine
 from rasterio.enums import Resampling
 
 from changedet.errors import AllNodataError, BandMismatchError, MissingCRSError, NoOverlapError
+
+
+def _quiet_spurious_warp_warning() -> None:
+    """Silence rasterio.warp's "Dataset has no geotransform" warning, process-wide.
+
+    rasterio's reproject of in-memory arrays sometimes raises it when several threads reproject
+    at once (Dask), though every call here passes both transforms and the results are exact
+    (upstream: opendatacube/odc-geo#131, GlacioHack/geoutils#851). Process-wide because
+    ``warnings.catch_warnings`` is not thread-safe, and as narrow as it can be: that message,
+    from rasterio.warp only (opening a file without a geotransform still warns). Installed by
+    the caller's thread before the tasks run; installing it again replaces it.
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message="Dataset has no geotransform, gcps, or rpcs",
+        category=rasterio.errors.NotGeoreferencedWarning,
+        module=r"rasterio\.warp",
+    )
+
 
 if TYPE_CHECKING:
     from changedet.config import AlignConfig
@@ -226,6 +247,7 @@ def _reproject_blockwise(
     before: xr.DataArray, after: xr.DataArray, resampling: Resampling, margin: int
 ) -> xr.DataArray:
     """One task per output chunk: windowed source read + ``rasterio.warp.reproject``."""
+    _quiet_spurious_warp_warning()
     ny, nx = before.shape[-2:]
     nb = after.sizes["band"]
     bt, at_ = before.rio.transform(), after.rio.transform()

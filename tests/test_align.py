@@ -154,3 +154,22 @@ def test_align_pair__bad_pairs() -> None:
     half_b[:, :, :150] = np.nan
     with pytest.raises(NoOverlapError, match=r"b\.tif: has no valid pixel in common with a\.tif"):
         align_pair(make_raster(half_a, name="a.tif"), make_raster(half_b, name="b.tif"))
+
+
+def test_align__only_rasterios_spurious_warp_warning_is_silenced() -> None:
+    # rasterio.warp's "no geotransform" warning under threads is spurious (every call passes
+    # both transforms); the same warning from anywhere else, e.g. opening a plain file, is not
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from changedet.align import _quiet_spurious_warp_warning
+
+    text = "Dataset has no geotransform, gcps, or rpcs. The identity matrix will be returned."
+    with warnings.catch_warnings(record=True) as seen:
+        _quiet_spurious_warp_warning()  # as each blockwise reprojection does
+        _quiet_spurious_warp_warning()  # (twice: no duplicate filter)
+        n = sum(f[2] is NotGeoreferencedWarning for f in warnings.filters)
+        for module in ("rasterio.warp", "rasterio._base"):
+            warnings.warn_explicit(text, NotGeoreferencedWarning, "x.py", 1, module=module)
+    assert [w.category for w in seen] == [NotGeoreferencedWarning] and n == 1
