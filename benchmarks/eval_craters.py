@@ -199,6 +199,7 @@ def evaluate_site(
                         "ejecta",
                         "shading",
                         "greenness",
+                        "sun_side_greenness",
                         "blueness",
                         "persistence",
                         "on",

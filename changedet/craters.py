@@ -34,7 +34,9 @@ How a crater looks in 0.3–1 m imagery, and the measurement that tests each tra
   the sun is unknown (the test is skipped). With the elevation too, the dipole expected at
   that elevation is required, which rejects moved building and tree shadows;
 * **bare soil, sunlit** (needs red, green and blue bands) — a tree crown or bush is a dark
-  round blob too, but green: ``greenness``, the excess-green index of the bowl, counts against;
+  round blob too, but green: ``greenness``, the excess-green index of the bowl, counts against,
+  and so does a crown right beside the blob on the sun's side (``sun_side_greenness``, with the
+  sun azimuth): the blob is then that tree's shadow, moved with the sun between the dates;
   a cast shadow (of a building, tree or car, moved with the sun) is lit by the blue sky only and
   is bluer than the sunlit ground around it, while a crater's bowl is mostly sunlit soil:
   ``blueness``, the bowl's blue chromaticity minus the ring's, counts against;
@@ -147,6 +149,7 @@ COLUMNS = (
     "ejecta",
     "shading",
     "greenness",
+    "sun_side_greenness",
     "blueness",
     "persistence",
     "surround_change",
@@ -277,7 +280,12 @@ class CraterParams:
         disturbed soil (about 0; dry soil is reddish). The after blob's score is scaled by
         ``1 - ramp(greenness)``; in the before image a green blob is vegetation, not an older
         crater, so it does not count towards ``persistence`` (craters blasted where a tree stood
-        stay ``new``). Needs the red, green and blue bands; skipped for fewer than 3 bands.
+        stay ``new``). With the sun azimuth, the same ramp applies to ``sun_side_greenness``, the
+        excess-green index of the ring 0.8–1.5 R in the eighth facing the sun or either
+        neighbour (the greenest): a dark round blob with a tree crown right beside it on the
+        sun's side is that tree's shadow, which moves with the sun between two dates and so
+        looks new; a crater's sun side is ejecta. Needs the red, green and blue bands; skipped
+        for fewer than 3 bands.
     shadow_ramp
         Blue shift of the bowl, ``b(interior) − b(ring)`` with the blue chromaticity
         ``b = B / (R + G + B)``: a cast shadow is lit only by the blue sky, so it is bluer than
@@ -732,6 +740,24 @@ def _detect_tile(
         score[at] *= np.where(
             np.isfinite(greenness[at]), 1 - ramps(greenness[at], *p.vegetation_ramp), 1.0
         )
+    sun_side = np.full(len(sel), np.nan)
+    if green_a is not None and sun_px is not None and len(at):
+        # a tree's shadow: a crown right outside the blob on the sun's side (the eighth of the
+        # ring 0.8-1.5 R facing the sun or either neighbour, the greenest of the three)
+        eighths = annulus_means(
+            green_a, row2[at], col2[at], dy2[at], dx2[at], 0.8 * rad[at], 1.5 * rad[at], sectors=8
+        )
+        k0 = math.floor((math.atan2(sun_px[1], sun_px[0]) + math.pi) / (2 * math.pi) * 8)
+        facing = eighths[:, [(k0 + j) % 8 for j in (-1, 0, 1)]]
+        with np.errstate(all="ignore"):
+            sun_side[at] = np.where(
+                np.isfinite(facing).any(axis=1),
+                np.nanmax(np.where(np.isfinite(facing), facing, -np.inf), axis=1),
+                np.nan,
+            )
+        score[at] *= np.where(
+            np.isfinite(sun_side[at]), 1 - ramps(sun_side[at], *p.vegetation_ramp), 1.0
+        )
     if blue_a is not None and len(at):
         blueness[at] = annulus(blue_a, at, 0.0, 0.75) - annulus(blue_a, at, 1.15, 2.0)
         score[at] *= np.where(
@@ -771,6 +797,7 @@ def _detect_tile(
             "ejecta": float(ejecta[k]),
             "shading": float(m["shading"][k]),
             "greenness": float(greenness[k]),
+            "sun_side_greenness": float(sun_side[k]),
             "blueness": float(blueness[k]),
             "persistence": math.nan,
             "surround_change": float(surround[k]),
@@ -973,7 +1000,8 @@ def detect_craters(
         order): ``geometry`` (centre point), ``x``, ``y``, ``diameter_m``, ``score``,
         ``contrast``, ``weber``, ``snr``, ``enclosure``, ``roundness``, ``texture`` (the bowl's)
         and ``ring_texture`` (the ring's standard deviation over the contrast, reported only),
-        ``ejecta``, ``shading``, ``greenness`` and ``blueness`` (NaN with fewer than 3 bands),
+        ``ejecta``, ``shading``, ``greenness``, ``sun_side_greenness`` (NaN without the sun
+        azimuth) and ``blueness`` (NaN with fewer than 3 bands),
         ``persistence`` (before contrast, weighted by enclosure, non-greenness and similarity,
         / after contrast), ``surround_change`` (mean ``|after − before|`` in 1.15–3 R, a share
         of the scene range; NaN without a before image), ``far_change`` (mean ``|after − before|``

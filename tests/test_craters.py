@@ -463,6 +463,28 @@ def test_detect_craters__green_round_blob_is_vegetation_not_a_crater() -> None:
     assert np.isnan(detect_craters(raster(after), **sun).greenness[0])
 
 
+def test_detect_craters__dark_blob_with_a_crown_on_its_sun_side_is_that_trees_shadow() -> None:
+    # the same dark round blob, with a green crown right beside it: on the sun's side (the
+    # blob is the tree's shadow) or on the far side (a crater beside a tree)
+    after, _ = _one_crater()
+    sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}  # south-east: down and right
+    yy, xx = np.mgrid[0:128, 0:128]
+    found = {}
+    for side, sign in (("sun", 1), ("far", -1)):
+        centre = 64.0 + sign * 10 * math.sqrt(0.5)  # 1.25 R from the blob, towards or away
+        crown = np.hypot(yy - centre, xx - centre) < 5
+        rgb = _colour(after, crown, (0.85, 1.3, 0.85))
+        found[side] = detect_craters(raster(rgb), **sun)
+    assert len(found["sun"]) == 0
+    assert len(found["far"]) == 1 and found["far"].sun_side_greenness[0] < 0.05
+    off = CraterParams(vegetation_ramp=(10.0, 11.0))  # the colour tests off: both kept
+    crown = np.hypot(yy - 71.1, xx - 71.1) < 5
+    kept = detect_craters(raster(_colour(after, crown, (0.85, 1.3, 0.85))), params=off, **sun)
+    assert len(kept) == 1 and kept.sun_side_greenness[0] > CraterParams().vegetation_ramp[1]
+    # without the sun azimuth the side is unknown: no test
+    assert np.isnan(detect_craters(raster(after)).sun_side_greenness[0])
+
+
 def test_detect_craters__blue_dark_blob_is_a_shadow_not_a_crater() -> None:
     after, bowl = _one_crater()
     # lit by the sky only, a shadow is bluer than the sunlit soil around it
