@@ -1006,8 +1006,8 @@ def detect_craters(
         / after contrast), ``surround_change`` (mean ``|after − before|`` in 1.15–3 R, a share
         of the scene range; NaN without a before image), ``far_change`` (mean ``|after − before|``
         in 3–5 R over the pair's no-change level, measured for bowls under 5 px and weakly
-        shaded ones only; else NaN),
-        ``change`` (mean change score in 1.5 R), ``new``, ``newness_verified``, ``on``. Empty (same columns and CRS) when none.
+        shaded ones only; else NaN), ``change`` (mean change score in 1.5 R), ``new``,
+        ``newness_verified``, ``on``. Empty (same columns and CRS) when none.
 
     Raises
     ------
