@@ -314,7 +314,10 @@ class CraterParams:
         ejecta blanket (1.15–2 R) changed all round, in 7 of its 8 sectors at least
         ``min_surround_change`` times the pair's no-change level (bright or dark ejecta alike);
         and the ground beyond (3–5 R, ``far_change``, in the same units) changed at most
-        ``isolated_max_far_change`` times it. A bowl under 5 px across is
+        ``isolated_max_far_change`` times it: all of it (its mean) for a bowl under 5 px, most
+        of it (the median of its 8 sectors) for a larger one, whose measured shape and shading
+        are further evidence, so that a building's shadow that moved with the sun, or a car,
+        on one side does not count. A bowl under 5 px across is
         kept only if it is one (its shading cannot be measured: the pixel grid and the optics
         average the lit and shadowed walls together); a larger one that is one needs only to be
         shaded like a depression (``shading`` > 0), not the dipole of ``shading_ramp`` (a
@@ -716,8 +719,11 @@ def _detect_tile(
     isolated = np.zeros(len(sel), bool)
     at = np.nonzero((small | (part < 1)) & ok & (score >= p.score_threshold))[0]
     if lum_b is not None and match_b[2] and len(at):
+        # a bowl of 5 px or more (its shape and shading measured) needs most of the ground
+        # beyond unchanged; a smaller one, kept on isolation alone, all of it: a gap at the
+        # edge of a debris field has unchanged ground on one side
         far[at], blanket = _isolation(
-            lum, lum_b, row2[at], col2[at], dy2[at], dx2[at], rad[at], match_b
+            lum, lum_b, row2[at], col2[at], dy2[at], dx2[at], rad[at], match_b, mostly=~small[at]
         )
         isolated[at] = (
             (far[at] <= p.isolated_max_far_change)
@@ -853,6 +859,7 @@ def _isolation(
     radius: np.ndarray,
     match_b: tuple[float, float, float | None],
     all_round: bool = True,
+    mostly: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``far_change`` and the blanket's all-round change of blobs, over the no-change level.
 
@@ -860,13 +867,34 @@ def _isolation(
     no-change level ``match_b[2]``: its mean in ``3–5 R``, and the second-weakest of its means
     in 8 sectors of ``1.15–2 R`` (the blanket changed all round: a car that moved or a shadow
     that moved with the sun changes the ground along one side or one axis only), or with
-    ``all_round=False`` (cheaper, never smaller) the mean of the whole blanket.
+    ``all_round=False`` (cheaper, never smaller) the mean of the whole blanket. Where
+    ``mostly`` is True, ``far_change`` is the median of the means in 8 sectors of ``3–5 R``
+    instead: most of the ground beyond, so that a shadow that moved with the sun or a car on
+    one side does not count.
     """
     zero = np.zeros(len(rows))
     dy = zero if dy is None else dy
     dx = zero if dx is None else dx
     noise = float(match_b[2] or 1.0)
     far = annulus_means(lum, rows, cols, dy, dx, 3.0 * radius, 5.0 * radius, lum_b, match_b[:2])
+    mostly = np.zeros(len(rows), bool) if mostly is None else np.asarray(mostly, bool)
+    if mostly.any():
+        i = np.nonzero(mostly)[0]
+        far_sectors = annulus_means(
+            lum,
+            rows[i],
+            cols[i],
+            dy[i],
+            dx[i],
+            3.0 * radius[i],
+            5.0 * radius[i],
+            lum_b,
+            match_b[:2],
+            sectors=8,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # no finite sector: NaN
+            far[i] = np.nanmedian(far_sectors, axis=1)
     if not all_round:
         blanket = annulus_means(
             lum, rows, cols, dy, dx, 1.15 * radius, 2.0 * radius, lum_b, match_b[:2]
@@ -1005,8 +1033,8 @@ def detect_craters(
         ``persistence`` (before contrast, weighted by enclosure, non-greenness and similarity,
         / after contrast), ``surround_change`` (mean ``|after − before|`` in 1.15–3 R, a share
         of the scene range; NaN without a before image), ``far_change`` (mean ``|after − before|``
-        in 3–5 R over the pair's no-change level, measured for bowls under 5 px and weakly
-        shaded ones only; else NaN), ``change`` (mean change score in 1.5 R), ``new``,
+        in 3–5 R over the pair's no-change level, for bowls under 5 px; for larger, weakly
+        shaded ones, the median of its means in 8 sectors; else NaN), ``change`` (mean change score in 1.5 R), ``new``,
         ``newness_verified``, ``on``. Empty (same columns and CRS) when none.
 
     Raises

@@ -841,3 +841,26 @@ def test_measure_all__bowl_texture_ignores_the_wall_shading_ramp() -> None:
     args = (np.array([32]), np.array([32]), np.zeros(1), np.zeros(1), np.array([8.0]), None)
     assert measure_all(ramp_bowl, *args)["sd_in"][0] == pytest.approx(0.0, abs=1e-9)
     assert measure_all(noisy, *args)["sd_in"][0] == pytest.approx(0.05, rel=0.2)
+
+
+def test_detect_craters__moved_shadow_on_one_side_does_not_break_isolation() -> None:
+    # the weakly shaded isolated 6 m crater of the test above, with the ground beyond it (3-5 R)
+    # darkened on one side, as a building's cast shadow that moved with the sun does: most of
+    # the ground beyond is unchanged, so it is still isolated; darkened all round it is not
+    before, _, _ = _small_crater_site(2.0)
+    crater = [(64.0, 64.0, 6.0)]
+    after = render((128, 128), craters=crater, seed=5)
+    yy, xx = np.mgrid[0:128, 0:128]
+    rho = np.hypot(yy - 64, xx - 64)
+    bowl = rho < 6.5
+    turned = np.roll(after[::-1, ::-1], (1, 1), axis=(0, 1))
+    after[bowl] = 0.6 * after[bowl] + 0.4 * turned[bowl]
+    sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
+    one_side = after.copy()
+    one_side[(xx >= 84) & (xx < 94) & (yy >= 50) & (yy < 78)] *= 0.4  # 5 m x 14 m, east
+    found = detect_craters(raster(one_side), raster(before), **sun)
+    assert match(found, crater) == [0] and found.new[0], found
+    assert found.far_change[0] <= CraterParams().isolated_max_far_change
+    all_round = after.copy()
+    all_round[(rho >= 18) & (rho < 30)] *= 0.4
+    assert match(detect_craters(raster(all_round), raster(before), **sun), crater) == [None]
