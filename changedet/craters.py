@@ -130,7 +130,7 @@ from changedet._memory import compact_values
 from changedet.change import gsd_of
 from changedet.errors import BandMismatchError, ChangedetError
 
-__all__ = ["COLUMNS", "CraterParams", "detect_craters"]
+__all__ = ["COLUMNS", "CraterParams", "describe_calibration", "detect_craters"]
 
 #: Columns of the result, in order (besides ``geometry``).
 COLUMNS = (
@@ -249,6 +249,15 @@ class CraterParams:
         highest the sun ever stands at the scene's latitude where that is lower (63° at 50° N,
         :func:`changedet.sun.highest_sun_elevation`). Without the azimuth the test is skipped
         (:func:`changedet.sun.resolve_sun` estimates it from tree shadows when it can).
+    calibrate_shading
+        With the azimuth known but not the elevation, and a before image: the scene's own
+        isolated fresh disturbances of 5 px and more (craters whatever their shading, see
+        ``isolated_max_far_change``) show the dipole its craters have under this sun. The
+        median of their ``shading`` (at least the one ``max_sun_elevation_deg`` gives, at most
+        0.6) then replaces the expected dipole of ``shading_ramp`` for every other detection
+        of the scene: all craters of one image share one sun. Without such a crater the
+        assumption stays. The value used is in the result's
+        ``attrs["shading_calibration"]``.
     score_threshold
         Least ``score`` of a returned detection.
     max_persistence
@@ -358,6 +367,7 @@ class CraterParams:
     ejecta_weight: float = 0.5
     shading_ramp: tuple[float, float] = (0.4, 0.7)
     max_sun_elevation_deg: float = 70.0
+    calibrate_shading: bool = True
     score_threshold: float = 0.5
     max_persistence: float = 0.5
     persistence_search: float = 0.25
@@ -594,8 +604,15 @@ def _detect_tile(
     match_b: tuple[float, float, float | None] = (1.0, 0.0, None),
     roofs: np.ndarray | None = None,
     geo: tuple[float, float, float, float] = (0.0, 1.0, 0.0, -1.0),
+    calibrate: bool = False,
 ) -> list[dict[str, Any]]:
-    """Detections of one tile whose centre lies in its core; global integer pixel + offsets."""
+    """Detections of one tile whose centre lies in its core; global integer pixel + offsets.
+
+    With ``calibrate``, every bowl of 5 px and more is tested for isolation (the scene-level
+    shading calibration of :func:`detect_craters` reads it), and each record carries
+    ``_isolated`` and ``_shading_part`` (the shading factor in its score, NaN where none was
+    applied).
+    """
     from changedet._crater_scale import find_candidates
 
     r0g, c0g = origin
@@ -717,7 +734,7 @@ def _detect_tile(
     # an isolated fresh disturbance, the blast all that changed there (see CraterParams)
     far = np.full(len(sel), np.nan)
     isolated = np.zeros(len(sel), bool)
-    at = np.nonzero((small | (part < 1)) & ok & (score >= p.score_threshold))[0]
+    at = np.nonzero((small | (part < 1) | calibrate) & ok & (score >= p.score_threshold))[0]
     if lum_b is not None and match_b[2] and len(at):
         # a bowl of 5 px or more (its shape and shading measured) needs most of the ground
         # beyond unchanged; a smaller one, kept on isolation alone, all of it: a gap at the
@@ -736,6 +753,8 @@ def _detect_tile(
     # small: kept only if isolated; larger and isolated: shaded as a depression is enough
     dip = np.where(np.isfinite(m["shading"]), m["shading"] > 0, True)
     score = score * np.where(small, isolated, np.where(isolated & dip, 1.0, part))
+    # the factor the expected dipole set (what a scene-level calibration may replace)
+    shading_part = np.where(~small & ~(isolated & dip) & np.isfinite(m["shading"]), part, np.nan)
     # colour evidence only scales the score down: measure it where the score can still pass
     ok &= score >= p.score_threshold
     greenness = np.full(len(sel), np.nan)
@@ -808,6 +827,8 @@ def _detect_tile(
             "persistence": math.nan,
             "surround_change": float(surround[k]),
             "far_change": float(far[k]),
+            "_isolated": bool(isolated[k]),
+            "_shading_part": float(shading_part[k]),
             "change": float(change_mean[k]),
             "new": None,
             "newness_verified": False,
@@ -1154,6 +1175,12 @@ def detect_craters(
         "expected_dipole": expected_dipole,
         "d_px": (d_small_px, d_max_px),
         "match_b": match_b,
+        "calibrate": bool(
+            params.calibrate_shading
+            and sun_px is not None
+            and sun_elevation_deg is None
+            and before_l is not None
+        ),
     }
     tasks = []
     readers = _file_readers(after, before, change_map) if lazy else None
@@ -1212,8 +1239,13 @@ def detect_craters(
         recs.loc[roof, "surround_change"].to_numpy(), *params.roof_change_ramp
     )
     recs = recs[recs["score"] >= params.score_threshold].reset_index(drop=True)
+    calibration = None
+    if kw["calibrate"]:
+        recs, calibration = _calibrate_shading(recs, params, expected_dipole)
     if recs.empty:
-        return _empty(crs)
+        out = _empty(crs)
+        out.attrs["shading_calibration"] = calibration
+        return out
     recs["id"] = np.arange(len(recs), dtype=np.int64)
     points = gpd.GeoSeries(gpd.points_from_xy(recs["x"], recs["y"]), crs=crs)
     recs["new"] = recs["new"].astype("object")
@@ -1223,7 +1255,63 @@ def detect_craters(
     out.attrs["gsd_m"] = gsd
     out.attrs["sun_azimuth_deg"] = sun_azimuth_deg
     out.attrs["sun_elevation_deg"] = sun_elevation_deg
+    out.attrs["shading_calibration"] = calibration
     return out
+
+
+def describe_calibration(info: dict[str, Any]) -> str:
+    """One line on the shading calibration of :func:`detect_craters` (its ``attrs``).
+
+    Examples
+    --------
+    >>> describe_calibration(
+    ...     {"isolated_craters": 3, "expected_dipole": 0.41, "assumed_expected_dipole": 0.2052}
+    ... )
+    'expected bowl dipole 0.410, the median of the 3 isolated craters of the scene (0.205 under the highest plausible sun)'
+    """
+    n, assumed = info["isolated_craters"], info["assumed_expected_dipole"]
+    if not n:
+        return (
+            f"expected bowl dipole {assumed:.3f}, under the highest plausible sun "
+            "(no isolated crater in the scene to calibrate on)"
+        )
+    whose = "the shading of the one" if n == 1 else f"the median of the {n}"
+    return (
+        f"expected bowl dipole {info['expected_dipole']:.3f}, {whose} isolated "
+        f"crater{'s' if n > 1 else ''} of the scene ({assumed:.3f} under the highest plausible sun)"
+    )
+
+
+def _calibrate_shading(
+    recs: pd.DataFrame, params: CraterParams, assumed: float
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Rescore a scene's detections with the dipole its isolated craters show.
+
+    ``recs`` are the scene's detections (score at least the threshold) with ``_isolated`` and
+    ``_shading_part`` from :func:`_detect_tile`; ``assumed`` is the expected dipole under the
+    highest plausible sun. Returns the detections still at the threshold and what was used.
+    """
+    small = 2 * recs["radius_px"].to_numpy() < _MIN_DIAMETER_PX / 1.15
+    sh = recs["shading"].to_numpy(np.float64)
+    with np.errstate(invalid="ignore"):
+        ref = recs["_isolated"].to_numpy(bool) & ~small & (sh > 0)
+    info: dict[str, Any] = {
+        "isolated_craters": int(ref.sum()),
+        "assumed_expected_dipole": round(float(assumed), 4),
+        "expected_dipole": round(float(assumed), 4),
+    }
+    if not ref.any():
+        return recs, info
+    expected = float(np.clip(np.median(sh[ref]), assumed, 0.6))
+    info["expected_dipole"] = round(expected, 4)
+    old = recs["_shading_part"].to_numpy(np.float64)
+    at = np.isfinite(old) & (old > 0)
+    lo, hi = params.shading_ramp
+    new = ramps(sh[at], lo * expected, hi * expected)
+    recs = recs.copy()
+    recs.loc[at, "score"] = recs.loc[at, "score"].to_numpy() * new / old[at]
+    recs = recs[recs["score"] >= params.score_threshold].reset_index(drop=True)
+    return recs, info
 
 
 def new_craters(craters: gpd.GeoDataFrame | None) -> gpd.GeoDataFrame | None:

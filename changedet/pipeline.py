@@ -348,6 +348,9 @@ def _run_pair(
             footprints=fp,
         )
         crater_note = craters.not_searched(crater_params, change.gsd_of(after_n))
+        cal = crater_gdf.attrs.get("shading_calibration")
+        if cal:
+            log.info("crater shading test: %s", craters.describe_calibration(cal))
     with _stage("damage", timings), _progress(progress):
         evidence: dict[str, Any] = {
             "threshold": thr,
@@ -413,6 +416,8 @@ def _run_pair(
         )
         manifest["sun"] = sun.to_dict()
         manifest["craters_not_searched"] = result.craters_not_searched
+        crater_attrs = getattr(result.craters, "attrs", None) or {}
+        manifest["crater_shading_calibration"] = crater_attrs.get("shading_calibration")
         if footprints is not None and _path(footprints) is None:
             manifest["inputs"].append(
                 {"role": "footprints", "path": None, "note": "in-memory GeoDataFrame"}

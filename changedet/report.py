@@ -979,7 +979,7 @@ def write_report(
     import geopandas as gpd
 
     from changedet.config import ReportConfig
-    from changedet.craters import new_craters
+    from changedet.craters import describe_calibration, new_craters
     from changedet.figures import DAMAGE_COLOURS
 
     cfg = config or ReportConfig()
@@ -1012,6 +1012,11 @@ def write_report(
         "grid": f"{crs_name}, pixel {abs(res[0]):g} × {abs(res[1]):g} (CRS units)",
         "co-registration gate": gate,
         "sun of the after image (crater shading test)": _sun_line(manifest.get("sun")),
+        **(
+            {"crater shading, elevation unknown": describe_calibration(cal)}
+            if (cal := manifest.get("crater_shading_calibration"))
+            else {}
+        ),
         "new craters": (
             f"not searched: {manifest['craters_not_searched']}"
             if manifest.get("craters_not_searched")

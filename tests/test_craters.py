@@ -864,3 +864,37 @@ def test_detect_craters__moved_shadow_on_one_side_does_not_break_isolation() -> 
     all_round = after.copy()
     all_round[(rho >= 18) & (rho < 30)] *= 0.4
     assert match(detect_craters(raster(all_round), raster(before), **sun), crater) == [None]
+
+
+def test_detect_craters__shading_calibrated_on_the_scenes_isolated_craters() -> None:
+    # the elevation unknown: an isolated 6 m crater (fresh blanket all round, unchanged ground
+    # beyond) shows the dipole this scene's craters have; a dark patch with a faint gradient,
+    # amid rubble (not isolated), passes the lenient 70° assumption but not that dipole
+    crater = [(50.0, 50.0, 6.0)]
+    before = render((160, 160), seed=5)
+    after = render((160, 160), craters=crater, seed=5)
+    yy, xx = np.mgrid[0:160, 0:160]
+    rho = np.hypot(yy - 110, xx - 110)
+    az = math.radians(135.0)
+    towards_sun = ((xx - 110) * math.sin(az) - (yy - 110) * math.cos(az)) / 6.0
+    disc = rho < 6
+    after[disc] = after[disc] * (0.5 - 0.2 * towards_sun[disc])  # darker on the sun's side
+    blocks = np.kron(np.random.default_rng(3).uniform(0.5, 1.6, (80, 80)), np.ones((2, 2)))
+    field = (rho > 14) & (rho < 36)
+    after[field] *= blocks[field]
+    after[(rho >= 7) & (rho < 12)] *= 1.3
+    pair = (raster(after.astype(np.float32)), raster(before))
+    patch = [(110.0, 110.0, 6.0)]
+    off = CraterParams(calibrate_shading=False)
+    assumed = detect_craters(*pair, params=off, sun_azimuth_deg=135.0)
+    assert match(assumed, crater + patch) == [2, 0] and assumed.attrs["shading_calibration"] is None
+    found = detect_craters(*pair, sun_azimuth_deg=135.0)
+    assert match(found, crater + patch) == [0, None] and len(found) == 1, found
+    cal = found.attrs["shading_calibration"]
+    assert cal["isolated_craters"] == 1
+    assert cal["expected_dipole"] == pytest.approx(found.shading[0], abs=1e-4)
+    assert cal["expected_dipole"] > 2 * cal["assumed_expected_dipole"]
+    assert 0 < found.shading[0] < 0.6  # about 0.6 cos 45° = 0.42, the sun it was rendered under
+    # with the elevation known nothing is calibrated
+    both = detect_craters(*pair, sun_azimuth_deg=135.0, sun_elevation_deg=45.0)
+    assert both.attrs["shading_calibration"] is None and match(both, crater) == [0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import geopandas as gpd
@@ -202,6 +203,7 @@ def test_run_pair__run_log_and_manifest_entries(run: Path) -> None:
     assert manifest["timings_s"]["report"] >= 0
     assert manifest["sun"]["source"] == "given"
     assert manifest["craters_not_searched"] is None
+    assert manifest["crater_shading_calibration"] is None  # the elevation was given
     assert "sun of the after image: azimuth" in text
 
 
@@ -220,6 +222,11 @@ def test_run_pair__without_sun_angles_estimates_the_azimuth_from_tree_shadows(
     assert abs((res.sun.azimuth_deg - sun[0] + 180) % 360 - 180) <= 10
     # the crater stage used it: shading is measured (it is NaN without an azimuth)
     assert len(res.craters) and np.isfinite(res.craters["shading"]).all()
+    # the bowl dipole expected under that day's highest sun, or the scene's isolated craters'
+    cal = res.craters.attrs["shading_calibration"]
+    cap = math.radians(res.sun.highest_elevation_deg)
+    assert cal["assumed_expected_dipole"] == pytest.approx(0.6 * math.cos(cap), abs=1e-3)
+    assert cal["assumed_expected_dipole"] <= cal["expected_dipole"] <= 0.6
 
 
 def _fail_coregistration(monkeypatch: pytest.MonkeyPatch) -> None:
