@@ -1034,7 +1034,8 @@ def detect_craters(
     sun_elevation_deg
         Sun elevation of the after image, degrees. With it the shading test asks for the
         dipole a bowl shows at that elevation (rejecting flat cast shadows); without it, for the
-        dipole under a sun at ``params.max_sun_elevation_deg``.
+        dipole under a sun at ``params.max_sun_elevation_deg``, or, with a before image, the
+        one the scene's isolated craters show (``params.calibrate_shading``).
     footprints
         Building footprint polygons (GeoDataFrame, GeoSeries or a path); a detection whose
         centre lies inside one has ``on="building"``, else ``"ground"``; with a before image,
@@ -1056,7 +1057,10 @@ def detect_craters(
         of the scene range; NaN without a before image), ``far_change`` (mean ``|after − before|``
         in 3–5 R over the pair's no-change level, for bowls under 5 px; for larger, weakly
         shaded ones, the median of its means in 8 sectors; else NaN), ``change`` (mean change score in 1.5 R), ``new``,
-        ``newness_verified``, ``on``. Empty (same columns and CRS) when none.
+        ``newness_verified``, ``on``. Empty (same columns and CRS) when none. Its
+        ``attrs["shading_calibration"]`` (None where none was tried: the elevation given, no
+        azimuth or no before image; see ``CraterParams.calibrate_shading``) holds ``isolated_craters``, ``expected_dipole``
+        (the one used) and ``assumed_expected_dipole``.
 
     Raises
     ------
@@ -1224,7 +1228,10 @@ def detect_craters(
         ]
     rows = [r for res in results for r in res]
     if not rows:
-        return _empty(crs)
+        out = _empty(crs)
+        if kw["calibrate"]:
+            out.attrs["shading_calibration"] = _calibrate_shading(None, params, expected_dipole)[1]
+        return out
 
     recs = pd.DataFrame(rows)
     recs["x"] = xs[0] + (recs["col"] + recs["dx"]) * dx
@@ -1283,23 +1290,26 @@ def describe_calibration(info: dict[str, Any]) -> str:
 
 
 def _calibrate_shading(
-    recs: pd.DataFrame, params: CraterParams, assumed: float
-) -> tuple[pd.DataFrame, dict[str, Any]]:
+    recs: pd.DataFrame | None, params: CraterParams, assumed: float
+) -> tuple[pd.DataFrame | None, dict[str, Any]]:
     """Rescore a scene's detections with the dipole its isolated craters show.
 
     ``recs`` are the scene's detections (score at least the threshold) with ``_isolated`` and
     ``_shading_part`` from :func:`_detect_tile`; ``assumed`` is the expected dipole under the
     highest plausible sun. Returns the detections still at the threshold and what was used.
     """
+    info: dict[str, Any] = {
+        "isolated_craters": 0,
+        "assumed_expected_dipole": round(float(assumed), 4),
+        "expected_dipole": round(float(assumed), 4),
+    }
+    if recs is None or recs.empty:
+        return recs, info
     small = 2 * recs["radius_px"].to_numpy() < _MIN_DIAMETER_PX / 1.15
     sh = recs["shading"].to_numpy(np.float64)
     with np.errstate(invalid="ignore"):
         ref = recs["_isolated"].to_numpy(bool) & ~small & (sh > 0)
-    info: dict[str, Any] = {
-        "isolated_craters": int(ref.sum()),
-        "assumed_expected_dipole": round(float(assumed), 4),
-        "expected_dipole": round(float(assumed), 4),
-    }
+    info["isolated_craters"] = int(ref.sum())
     if not ref.any():
         return recs, info
     expected = float(np.clip(np.median(sh[ref]), assumed, 0.6))
