@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -227,6 +228,19 @@ def test_run_pair__without_sun_angles_estimates_the_azimuth_from_tree_shadows(
     cap = math.radians(res.sun.highest_elevation_deg)
     assert cal["assumed_expected_dipole"] == pytest.approx(0.6 * math.cos(cap), abs=1e-3)
     assert cal["assumed_expected_dipole"] <= cal["expected_dipole"] <= 0.6
+
+
+def test_run_pair__unknown_sun_azimuth_is_warned(
+    site: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # no angles, no metadata and no estimate: the shading test cannot run, and the analyst
+    # must hear that the crater list is weaker for it
+    no_estimate = Config().updated({"sun": {"estimate": False}})
+    with caplog.at_level(logging.WARNING, logger="changedet"):
+        res = run_pair(site / "before.tif", site / "after.tif", config=no_estimate)
+    assert res.sun.azimuth_deg is None and res.craters["shading"].isna().all()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("sun azimuth unknown" in m and "--sun-azimuth" in m for m in warned), warned
 
 
 def _fail_coregistration(monkeypatch: pytest.MonkeyPatch) -> None:
