@@ -1055,12 +1055,14 @@ def detect_craters(
         ``persistence`` (before contrast, weighted by enclosure, non-greenness and similarity,
         / after contrast), ``surround_change`` (mean ``|after − before|`` in 1.15–3 R, a share
         of the scene range; NaN without a before image), ``far_change`` (mean ``|after − before|``
-        in 3–5 R over the pair's no-change level, for bowls under 5 px; for larger, weakly
-        shaded ones, the median of its means in 8 sectors; else NaN), ``change`` (mean change score in 1.5 R), ``new``,
+        in 3–5 R over the pair's no-change level, for bowls under 5 px; for larger ones tested
+        for isolation (weakly shaded ones, or all under ``calibrate_shading``), the median of
+        its means in 8 sectors; else NaN), ``change`` (mean change score in 1.5 R), ``new``,
         ``newness_verified``, ``on``. Empty (same columns and CRS) when none. Its
         ``attrs["shading_calibration"]`` (None where none was tried: the elevation given, no
-        azimuth or no before image; see ``CraterParams.calibrate_shading``) holds ``isolated_craters``, ``expected_dipole``
-        (the one used) and ``assumed_expected_dipole``.
+        azimuth or no before image; see ``CraterParams.calibrate_shading``) holds
+        ``isolated_craters``, ``expected_dipole`` (the one used) and
+        ``assumed_expected_dipole``.
 
     Raises
     ------

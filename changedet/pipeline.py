@@ -332,13 +332,6 @@ def _run_pair(
             date=parse_date(cfg.report.after_date) or acquisition_date(after_da.attrs),
         )
         log.info("sun of the after image: %s", sun.describe())
-        if sun.azimuth_deg is None:
-            log.warning(
-                "sun azimuth unknown: the crater shading test is skipped, so cast shadows and "
-                "dark patches pass for craters far more often (6 in 10 detections were false on "
-                "the synthetic evaluation scenes); give --sun-azimuth and --sun-elevation from "
-                "the image's metadata"
-            )
         # beyond the tropics the sun never stands as high as the general assumption
         crater_params = dataclasses.replace(
             cfg.craters,
@@ -355,6 +348,13 @@ def _run_pair(
             footprints=fp,
         )
         crater_note = craters.not_searched(crater_params, change.gsd_of(after_n))
+        if sun.azimuth_deg is None and crater_note is None:
+            log.warning(
+                "sun azimuth unknown: the crater shading test is skipped, so cast shadows and "
+                "dark patches pass for craters far more often (6 in 10 detections were false on "
+                "the synthetic evaluation scenes); give --sun-azimuth and --sun-elevation from "
+                "the image's metadata"
+            )
         cal = crater_gdf.attrs.get("shading_calibration")
         if cal:
             log.info("crater shading test: %s", craters.describe_calibration(cal))

@@ -241,6 +241,13 @@ def test_run_pair__unknown_sun_azimuth_is_warned(
     assert res.sun.azimuth_deg is None and res.craters["shading"].isna().all()
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("sun azimuth unknown" in m and "--sun-azimuth" in m for m in warned), warned
+    # where no crater is searched (pixels too coarse), the shading test is no concern
+    caplog.clear()
+    coarse = no_estimate.updated_dotted({"craters.max_diameter_m": 2.0})
+    with caplog.at_level(logging.WARNING, logger="changedet"):
+        with pytest.warns(UserWarning, match="cannot be resolved"):
+            run_pair(site / "before.tif", site / "after.tif", config=coarse)
+    assert not any("sun azimuth unknown" in r.getMessage() for r in caplog.records)
 
 
 def _fail_coregistration(monkeypatch: pytest.MonkeyPatch) -> None:
