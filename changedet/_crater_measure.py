@@ -604,6 +604,52 @@ def measure_all(
     return out
 
 
+def bowl_gradient(
+    lum: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    dy: np.ndarray,
+    dx: np.ndarray,
+    r: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brightness across each bowl (``ρ < 0.85 R``) along the tile's columns and rows.
+
+    The mean of the half with ``x > 0.2 R`` minus that with ``x < −0.2 R``, and the same along
+    ``y`` (rows): the halves the shading test compares along the sun's direction. A bowl's
+    wall nearest the sun is in shadow, so the sun lies against this vector.
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[0:21, 0:21]
+    >>> ramp_east = 1.0 + 0.1 * (xx - 10)  # brighter to the east: the sun stands west
+    >>> gx, gy = bowl_gradient(ramp_east, np.array([10]), np.array([10]), np.zeros(1),
+    ...                        np.zeros(1), np.array([6.0]))
+    >>> bool(gx[0] > 0), bool(abs(gy[0]) < 1e-12)
+    (True, True)
+    """
+    n = len(rows)
+    gx, gy = np.full(n, np.nan), np.full(n, np.nan)
+    if n == 0:
+        return gx, gy
+    rows = np.asarray(rows, np.int64)
+    cols = np.asarray(cols, np.int64)
+    r = np.broadcast_to(np.asarray(r, np.float64), (n,))
+    half = np.ceil(r).astype(np.int64) + 2
+    for idx in _groups(half):
+        h = int(half[idx[0]])
+        win = _windows(lum, rows[idx], cols[idx], h)
+        y, x, rho = _polar(h, dy[idx], dx[idx])
+        rr = r[idx][:, None, None]
+        bowl = rho < 0.85 * rr
+        gx[idx] = _masked_mean(win, bowl & (x > 0.2 * rr)) - _masked_mean(
+            win, bowl & (x < -0.2 * rr)
+        )
+        gy[idx] = _masked_mean(win, bowl & (y > 0.2 * rr)) - _masked_mean(
+            win, bowl & (y < -0.2 * rr)
+        )
+    return gx, gy
+
+
 def annulus_means(
     arr: np.ndarray,
     rows: np.ndarray,

@@ -113,6 +113,7 @@ import xarray as xr
 from changedet._crater_measure import (
     WINDOW_RADII,
     annulus_means,
+    bowl_gradient,
     measure_all,
     ramps,
     refine_all,
@@ -258,6 +259,14 @@ class CraterParams:
         of the scene: all craters of one image share one sun. Without such a crater the
         assumption stays. The value used is in the result's
         ``attrs["shading_calibration"]``.
+    azimuth_from_craters
+        With a before image but no sun azimuth (one-band imagery without metadata, or no
+        trees to read it from): the scene's isolated fresh disturbances of 5 px and more are
+        craters whatever their shading, and a bowl's wall nearest the sun is its dark one. The
+        mean direction from their lit to their shadowed side is taken for the azimuth, and the
+        scene is searched again with it (and the elevation unknown, so ``calibrate_shading``
+        applies); the crater stage then runs twice. Without such a crater the azimuth stays
+        unknown. What was found is in the result's ``attrs["sun_from_craters"]``.
     score_threshold
         Least ``score`` of a returned detection.
     max_persistence
@@ -368,6 +377,7 @@ class CraterParams:
     shading_ramp: tuple[float, float] = (0.4, 0.7)
     max_sun_elevation_deg: float = 70.0
     calibrate_shading: bool = True
+    azimuth_from_craters: bool = True
     score_threshold: float = 0.5
     max_persistence: float = 0.5
     persistence_search: float = 0.25
@@ -605,13 +615,15 @@ def _detect_tile(
     roofs: np.ndarray | None = None,
     geo: tuple[float, float, float, float] = (0.0, 1.0, 0.0, -1.0),
     calibrate: bool = False,
+    find_sun: bool = False,
 ) -> list[dict[str, Any]]:
     """Detections of one tile whose centre lies in its core; global integer pixel + offsets.
 
     With ``calibrate``, every bowl of 5 px and more is tested for isolation (the scene-level
     shading calibration of :func:`detect_craters` reads it), and each record carries
     ``_isolated`` and ``_shading_part`` (the shading factor in its score, NaN where none was
-    applied).
+    applied). With ``find_sun`` (no sun), the same isolation test, and the records of isolated
+    bowls of 5 px and more carry ``_grad_x`` and ``_grad_y`` (:func:`bowl_gradient`).
     """
     from changedet._crater_scale import find_candidates
 
@@ -734,7 +746,9 @@ def _detect_tile(
     # an isolated fresh disturbance, the blast all that changed there (see CraterParams)
     far = np.full(len(sel), np.nan)
     isolated = np.zeros(len(sel), bool)
-    at = np.nonzero((small | (part < 1) | calibrate) & ok & (score >= p.score_threshold))[0]
+    at = np.nonzero(
+        (small | (part < 1) | calibrate | find_sun) & ok & (score >= p.score_threshold)
+    )[0]
     if lum_b is not None and match_b[2] and len(at):
         # a bowl of 5 px or more (its shape and shading measured) needs most of the ground
         # beyond unchanged; a smaller one, kept on isolation alone, all of it: a gap at the
@@ -753,6 +767,10 @@ def _detect_tile(
     # small: kept only if isolated; larger and isolated: shaded as a depression is enough
     dip = np.where(np.isfinite(m["shading"]), m["shading"] > 0, True)
     score = score * np.where(small, isolated, np.where(isolated & dip, 1.0, part))
+    grad = np.full((2, len(sel)), np.nan)
+    if find_sun and isolated.any():
+        at = np.nonzero(isolated & ~small)[0]
+        grad[:, at] = bowl_gradient(lum, row2[at], col2[at], dy2[at], dx2[at], rad[at])
     # the factor the expected dipole set (what a scene-level calibration may replace)
     shading_part = np.where(~small & ~(isolated & dip) & np.isfinite(m["shading"]), part, np.nan)
     # colour evidence only scales the score down: measure it where the score can still pass
@@ -829,6 +847,8 @@ def _detect_tile(
             "far_change": float(far[k]),
             "_isolated": bool(isolated[k]),
             "_shading_part": float(shading_part[k]),
+            "_grad_x": float(grad[0, k]),
+            "_grad_y": float(grad[1, k]),
             "change": float(change_mean[k]),
             "new": None,
             "newness_verified": False,
@@ -1157,10 +1177,11 @@ def detect_craters(
             raise ValueError(f"sun_elevation_deg must lie in (0, 90], not {sun_elevation_deg}")
         elevation = float(sun_elevation_deg)
     expected_dipole = 0.6 * math.cos(math.radians(elevation))
+    # image columns and rows against east and north
+    sx = math.copysign(1.0, _axis_step(np.asarray(after_l.x), 1.0))
+    sy = math.copysign(1.0, _axis_step(np.asarray(after_l.y), -1.0))
     if sun_azimuth_deg is not None:
         az = math.radians(float(sun_azimuth_deg))
-        sx = math.copysign(1.0, _axis_step(np.asarray(after_l.x), 1.0))
-        sy = math.copysign(1.0, _axis_step(np.asarray(after_l.y), -1.0))
         sun_px = (math.sin(az) * sx, math.cos(az) * sy)
 
     xs, ys = np.asarray(after_l.x, np.float64), np.asarray(after_l.y, np.float64)
@@ -1187,6 +1208,7 @@ def detect_craters(
             and sun_elevation_deg is None
             and before_l is not None
         ),
+        "find_sun": bool(params.azimuth_from_craters and sun_px is None and before_l is not None),
     }
     tasks = []
     readers = _file_readers(after, before, change_map) if lazy else None
@@ -1213,26 +1235,49 @@ def detect_craters(
         x is not None and not isinstance(x.data, np.ndarray)
         for x in (before_l, change_map, green_a, green_b, blue_a, blue_b)
     )
-    if readers is not None:
-        import dask
 
-        # each tile reads its own windows: no task depends on another (bounded memory)
-        results = dask.compute(
-            *[dask.delayed(_detect_tile_from_files, pure=False)(*a, **k) for a, k in tasks]
-        )
-    elif lazy:
-        import dask
+    def run_tiles() -> list[dict[str, Any]]:
+        if readers is not None:
+            import dask
 
-        results = dask.compute(*[dask.delayed(_detect_tile)(*a, **k) for a, k in tasks])
-    else:
-        results = [
-            _detect_tile(*(None if x is None else np.asarray(x) for x in a), **k) for a, k in tasks
-        ]
-    rows = [r for res in results for r in res]
+            # each tile reads its own windows: no task depends on another (bounded memory)
+            results = dask.compute(
+                *[dask.delayed(_detect_tile_from_files, pure=False)(*a, **k) for a, k in tasks]
+            )
+        elif lazy:
+            import dask
+
+            results = dask.compute(*[dask.delayed(_detect_tile)(*a, **k) for a, k in tasks])
+        else:
+            results = [
+                _detect_tile(*(None if x is None else np.asarray(x) for x in a), **k)
+                for a, k in tasks
+            ]
+        return [r for res in results for r in res]
+
+    rows = run_tiles()
+    sun_found = None
+    if kw["find_sun"]:
+        sun_found = _azimuth_from_isolated(rows, sx, sy)
+        if sun_found is not None:
+            # search again, the azimuth known and the elevation not
+            sun_azimuth_deg = sun_found["azimuth_deg"]
+            az = math.radians(sun_azimuth_deg)
+            sun_px = (math.sin(az) * sx, math.cos(az) * sy)
+            again = {
+                "sun_px": sun_px,
+                "find_sun": False,
+                "calibrate": params.calibrate_shading and sun_elevation_deg is None,
+            }
+            kw.update(again)
+            for _, k in tasks:
+                k.update(again)
+            rows = run_tiles()
     if not rows:
         out = _empty(crs)
         if kw["calibrate"]:
             out.attrs["shading_calibration"] = _calibrate_shading(None, params, expected_dipole)[1]
+        out.attrs["sun_from_craters"] = sun_found
         return out
 
     recs = pd.DataFrame(rows)
@@ -1254,6 +1299,7 @@ def detect_craters(
     if recs.empty:
         out = _empty(crs)
         out.attrs["shading_calibration"] = calibration
+        out.attrs["sun_from_craters"] = sun_found
         return out
     recs["id"] = np.arange(len(recs), dtype=np.int64)
     points = gpd.GeoSeries(gpd.points_from_xy(recs["x"], recs["y"]), crs=crs)
@@ -1265,7 +1311,33 @@ def detect_craters(
     out.attrs["sun_azimuth_deg"] = sun_azimuth_deg
     out.attrs["sun_elevation_deg"] = sun_elevation_deg
     out.attrs["shading_calibration"] = calibration
+    out.attrs["sun_from_craters"] = sun_found
     return out
+
+
+def _azimuth_from_isolated(
+    rows: list[dict[str, Any]], sx: float, sy: float
+) -> dict[str, Any] | None:
+    """The sun's azimuth from the shading of a scene's isolated bowls, or None without one.
+
+    Each bowl is brighter on its side away from the sun (``_grad_x``, ``_grad_y`` in tile
+    columns and rows); ``sx``, ``sy`` are the signs of the columns against east and the rows
+    against north. The azimuth is the mean of the unit directions toward the sun;
+    ``resultant_length`` (1: all agree) says how well they agree.
+    """
+    g = np.array([[r["_grad_x"], r["_grad_y"]] for r in rows if r["_isolated"]], np.float64)
+    if len(g):
+        g = g[np.isfinite(g).all(axis=1) & (np.hypot(g[:, 0], g[:, 1]) > 0)]
+    if len(g) == 0:
+        return None
+    toward = -g / np.hypot(g[:, 0], g[:, 1])[:, None]  # the sun, in columns and rows
+    east, north = toward[:, 0] * sx, toward[:, 1] * sy
+    e, n = float(east.mean()), float(north.mean())
+    return {
+        "azimuth_deg": round(math.degrees(math.atan2(e, n)) % 360.0, 2),
+        "isolated_craters": len(g),
+        "resultant_length": round(math.hypot(e, n), 3),
+    }
 
 
 def describe_calibration(info: dict[str, Any]) -> str:

@@ -348,6 +348,16 @@ def _run_pair(
             footprints=fp,
         )
         crater_note = craters.not_searched(crater_params, change.gsd_of(after_n))
+        found = crater_gdf.attrs.get("sun_from_craters")
+        if found:
+            # the crater stage read the azimuth from the scene's isolated craters' shading
+            sun = dataclasses.replace(
+                sun,
+                azimuth_deg=found["azimuth_deg"],
+                source="isolated craters",
+                detail={**sun.detail, **found},
+            )
+            log.info("sun of the after image: %s", sun.describe())
         if sun.azimuth_deg is None and crater_note is None:
             log.warning(
                 "sun azimuth unknown: the crater shading test is skipped, so cast shadows and "

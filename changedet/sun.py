@@ -23,6 +23,10 @@ Where the angles come from, in this order (:func:`resolve_sun`):
    estimate is kept only when the shadow side is clearly darker than the sun side
    (``min_shadow_contrast``) over enough crown pixels, else the azimuth stays unknown. It needs
    red, green and blue bands and trees resolved by a few pixels (≤ 2 m pixels).
+4. failing all three, with a before image, the crater stage itself reads the azimuth from the
+   shading of the scene's isolated craters (a bowl's wall nearest the sun is its dark one;
+   :attr:`changedet.craters.CraterParams.azimuth_from_craters`), and
+   :func:`changedet.pipeline.run_pair` records it with the source ``"isolated craters"``.
 
 The elevation is not estimated: a shadow's length depends on the unknown heights of the trees.
 Without it the shading test assumes the highest plausible sun
@@ -114,7 +118,9 @@ class Sun:
     azimuth_deg, elevation_deg
         Degrees clockwise from north, degrees above the horizon; ``None`` when unknown.
     source
-        ``"given"``, ``"metadata"``, ``"tree shadows"`` (estimated azimuth) or ``"unknown"``.
+        ``"given"``, ``"metadata"``, ``"tree shadows"`` (estimated azimuth), ``"isolated
+        craters"`` (the azimuth from the shading of the scene's isolated craters, found by the
+        crater stage: ``CraterParams.azimuth_from_craters``) or ``"unknown"``.
     detail
         How it was found: the metadata keys read, or the estimate's shadow contrast and crown
         pixels (also when the estimate was rejected, with the reason).

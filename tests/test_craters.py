@@ -898,3 +898,24 @@ def test_detect_craters__shading_calibrated_on_the_scenes_isolated_craters() -> 
     # with the elevation known nothing is calibrated
     both = detect_craters(*pair, sun_azimuth_deg=135.0, sun_elevation_deg=45.0)
     assert both.attrs["shading_calibration"] is None and match(both, crater) == [0]
+
+
+@pytest.mark.parametrize("sun_az", [135.0, 250.0])
+def test_detect_craters__azimuth_from_the_isolated_craters_shading(sun_az: float) -> None:
+    # no sun given: an isolated crater (blanket changed all round, ground beyond unchanged) is
+    # a crater whatever its shading, and its wall nearest the sun is the dark one
+    crater = [(64.0, 64.0, 6.0)]
+    before = render((128, 128), seed=5, sun_az=sun_az)
+    after = render((128, 128), craters=crater, seed=5, sun_az=sun_az)
+    pair = (raster(after), raster(before))
+    found = detect_craters(*pair)
+    sun = found.attrs["sun_from_craters"]
+    assert sun["isolated_craters"] == 1 and sun["resultant_length"] == 1.0
+    assert abs((sun["azimuth_deg"] - sun_az + 180) % 360 - 180) <= 10, sun
+    assert match(found, crater) == [0] and found.shading[0] > 0  # searched again with it
+    assert found.attrs["sun_azimuth_deg"] == sun["azimuth_deg"]
+    # turned off, or without a before image: no azimuth, no shading test
+    off = detect_craters(*pair, params=CraterParams(azimuth_from_craters=False))
+    assert off.attrs["sun_from_craters"] is None and off.shading.isna().all()
+    alone = detect_craters(pair[0])
+    assert alone.attrs["sun_from_craters"] is None and alone.shading.isna().all()

@@ -230,12 +230,42 @@ def test_run_pair__without_sun_angles_estimates_the_azimuth_from_tree_shadows(
     assert cal["assumed_expected_dipole"] <= cal["expected_dipole"] <= 0.6
 
 
+def test_run_pair__azimuth_from_the_isolated_craters_without_trees(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # no angles, no metadata and no tree-shadow estimate (one-band imagery would have none):
+    # the crater stage reads the azimuth from the shading of the scene's isolated craters
+    # (sample site_02 has one; its sun stands at 205°)
+    site = Path(__file__).resolve().parents[1] / "sample_tiles" / "site_02"
+    no_trees = Config().updated({"sun": {"estimate": False}})
+    with caplog.at_level(logging.INFO, logger="changedet"):
+        res = run_pair(
+            site / "before.tif",
+            site / "after.tif",
+            footprints=site / "footprints.geojson",
+            config=no_trees,
+        )
+    assert res.sun.source == "isolated craters" and res.sun.elevation_deg is None
+    assert res.sun.detail["isolated_craters"] >= 1
+    assert abs((res.sun.azimuth_deg - 205.0 + 180) % 360 - 180) <= 15
+    assert len(res.craters) and np.isfinite(res.craters["shading"]).all()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("source: isolated craters" in m for m in messages)
+    assert not any("sun azimuth unknown" in m for m in messages)
+    # the same run told not to: the azimuth stays unknown, and the shading test is skipped
+    off = no_trees.updated({"craters": {"azimuth_from_craters": False}})
+    plain = run_pair(site / "before.tif", site / "after.tif", config=off)
+    assert plain.sun.azimuth_deg is None and plain.craters["shading"].isna().all()
+
+
 def test_run_pair__unknown_sun_azimuth_is_warned(
     site: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # no angles, no metadata and no estimate: the shading test cannot run, and the analyst
     # must hear that the crater list is weaker for it
-    no_estimate = Config().updated({"sun": {"estimate": False}})
+    no_estimate = Config().updated(
+        {"sun": {"estimate": False}, "craters": {"azimuth_from_craters": False}}
+    )
     with caplog.at_level(logging.WARNING, logger="changedet"):
         res = run_pair(site / "before.tif", site / "after.tif", config=no_estimate)
     assert res.sun.azimuth_deg is None and res.craters["shading"].isna().all()
