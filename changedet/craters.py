@@ -1082,7 +1082,10 @@ def detect_craters(
         ``attrs["shading_calibration"]`` (None where none was tried: the elevation given, no
         azimuth or no before image; see ``CraterParams.calibrate_shading``) holds
         ``isolated_craters``, ``expected_dipole`` (the one used) and
-        ``assumed_expected_dipole``.
+        ``assumed_expected_dipole``; ``attrs["sun_from_craters"]`` (None unless
+        ``CraterParams.azimuth_from_craters`` found one) the azimuth read from the isolated
+        craters, their number and ``resultant_length``, and ``attrs["sun_azimuth_deg"]`` the
+        azimuth used.
 
     Raises
     ------
