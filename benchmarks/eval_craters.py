@@ -8,7 +8,10 @@ one-to-one to the true craters within ``max(2 m, d / 2)`` (:func:`changedet.eval
 
 Splits: ``tune`` = seeds 0-9 and ``dev`` = seeds 20-59 (look at these while developing; ``dev``
 is wider, so a change that helps a few tune craters can be checked on 240 more), ``report`` =
-seeds 100-119 (run at the end only; never tune on them). Sites are cached under ``benchmarks/_work/`` (git-ignored).
+seeds 100-119 (run at the end only; never tune on them). All three share the generator's one
+sun (azimuth 160°, elevation 42°); ``suns`` = seeds 800-839 gives each scene its own
+(:func:`sun_for`: azimuth 0-360°, elevation 25-70°), to see what that one sun hides. Sites
+are cached under ``benchmarks/_work/`` (git-ignored).
 
 Truth craters smaller than the detector judges (under 5 px across: 2.5 m at 0.5 m) are counted as misses;
 recall for craters of at least 2 m is reported separately.
@@ -44,8 +47,28 @@ SPLITS = {
     "tune": list(range(0, 10)),
     "dev": list(range(20, 60)),
     "report": list(range(100, 120)),
+    "suns": list(range(800, 840)),
 }
+#: Seeds from which each scene gets its own sun (:func:`sun_for`).
+FIRST_SUN_SEED = 800
 SIZE_PX = 768
+
+
+def sun_for(seed: int) -> tuple[float, float] | None:
+    """The after image's sun ``(azimuth, elevation)`` of a ``suns`` seed, else None (default).
+
+    Drawn from ``numpy.random.default_rng([2026, seed])``: azimuth uniform in 0-360°,
+    elevation uniform in 25-70° (optical satellites image mostly between these).
+
+    Examples
+    --------
+    >>> sun_for(20) is None, sun_for(800) == sun_for(800)
+    (True, True)
+    """
+    if seed < FIRST_SUN_SEED:
+        return None
+    rng = np.random.default_rng([2026, seed])
+    return float(rng.uniform(0.0, 360.0)), float(rng.uniform(25.0, 70.0))
 
 
 def site_for(seed: int, gsd_m: float = 0.5) -> Path:
@@ -53,9 +76,11 @@ def site_for(seed: int, gsd_m: float = 0.5) -> Path:
     from changedet.synthetic import SceneSettings, generate_site
 
     suffix = "" if gsd_m == 0.5 else f"_{gsd_m:g}m"
-    out = WORK / f"site_{seed:04d}_{SIZE_PX}{suffix}"
+    sun = sun_for(seed)
+    out = WORK / f"site_{seed:04d}_{SIZE_PX}{suffix}{'' if sun is None else '_sun'}"
     if not (out / "truth" / "scene.json").is_file():
-        settings = SceneSettings(seed=seed, size_px=SIZE_PX, gsd_m=gsd_m)
+        extra = {} if sun is None else {"sun_after": sun}
+        settings = SceneSettings(seed=seed, size_px=SIZE_PX, gsd_m=gsd_m, **extra)
         generate_site(out, settings, workers=1)
     return out
 
