@@ -769,8 +769,8 @@ def _detect_tile(
     score = score * np.where(small, isolated, np.where(isolated & dip, 1.0, part))
     grad = np.full((2, len(sel)), np.nan)
     if find_sun and isolated.any():
-        at = np.nonzero(isolated & ~small)[0]
-        grad[:, at] = bowl_gradient(lum, row2[at], col2[at], dy2[at], dx2[at], rad[at])
+        iso = np.nonzero(isolated & ~small)[0]
+        grad[:, iso] = bowl_gradient(lum, row2[iso], col2[iso], dy2[iso], dx2[iso], rad[iso])
     # the factor the expected dipole set (what a scene-level calibration may replace)
     shading_part = np.where(~small & ~(isolated & dip) & np.isfinite(m["shading"]), part, np.nan)
     # colour evidence only scales the score down: measure it where the score can still pass
