@@ -55,7 +55,9 @@ How a crater looks in 0.3–1 m imagery, and the measurement that tests each tra
   a footprint needs the roof around it to have changed (``surround_change``, the mean
   ``|after − before|`` in ``1.15–3 R``): a bomb that cratered a building broke it; a dark object
   on, or a hole in, a roof that is otherwise as it was is roof damage or clutter, which the damage
-  stage judges. Without footprints (or without a before image) the test is skipped;
+  stage judges. Without footprints (or without a before image) the test is skipped. Inside a
+  footprint a crater must also span ``min_roof_diameter_m`` (3 m): a smaller dark round blob
+  there is a roof fixture (a water tank and its shadow) or a hole;
 * **an isolated fresh disturbance** — with a before image, an enclosed, round blob whose
   blanket (``1.15–2 R``) changed all round amid ground (``3–5 R``, ``far_change``) that did not
   (``isolated_max_far_change``) is the blast and nothing else: a dark gap in rubble lies in a
@@ -280,13 +282,14 @@ class CraterParams:
         residual misregistration or a shadow that moved with the sun does not read as new.
     min_surround_change
         With a before image: for ``new``, the least ratio of the mean ``|after − before|`` in
-        ``1.15–2 R`` (the continuous ejecta blanket) to the scene's median ``|after − before|`` (on a regular sample of the whole
-        pair: the noise, residual misregistration and radiometric difference of unchanged
-        ground), the before matched to the after by its median and interquartile range for both
-        (so a scene whose range the damage widened does not look changed everywhere). A
-        crater's blast and ejecta change its surroundings 2–20 times that level (at least 2.1 on
-        the synthetic evaluation scenes); a bush that dried or greened, or a dark object set
-        down on unchanged ground, about once.
+        ``1.15–2 R`` (the continuous ejecta blanket) to the scene's median ``|after − before|``
+        (on a regular sample of the whole pair: the noise, residual misregistration and
+        radiometric difference of unchanged ground), the before matched to the after on the
+        half of the pair that matches best (see ``_before_match``: so that neither a scene
+        whose range the damage widened nor one whose shadows the sun lengthened looks changed
+        everywhere). A crater's blast and ejecta change its surroundings 3–40 times that
+        level; a bush that dried or greened, or a dark object set down on unchanged ground,
+        about once or twice.
     min_change_score
         With a change map: the least mean change ``score`` in the disc (1.5 R) for ``new``. A
         new crater changes its whole disc (0.25–0.5); a shadow that moved with the sun, or a
@@ -345,6 +348,13 @@ class CraterParams:
         moved with the sun changes the ground along one side or one axis only.
         Not inside a building footprint (when footprints are given): a blob amid a roof that
         did not change is a hole in it, which is damage (see ``roof_change_ramp``).
+    min_roof_diameter_m
+        Least diameter of a crater whose centre lies inside a building footprint (when
+        footprints are given). Roofs carry dark round fixtures (water tanks of 1–2 m, whose
+        shadow on the roof makes a blob of 2–3 m that moves with the sun), vents, stairwell
+        shadows, and the holes a small munition punches; a bowl crater inside a footprint is
+        one where the building came down, and the damage stage judges roofs. 0 turns the rule
+        off.
     blanket_size_ratio
         A detection whose centre lies within ``2.5 R`` (the ejecta blanket: continuous to about
         2 R, blocks and gaps beyond) of one at least this many times its radius is a block or a
@@ -382,12 +392,13 @@ class CraterParams:
     max_persistence: float = 0.5
     persistence_search: float = 0.25
     min_change_score: float = 0.2
-    min_surround_change: float = 1.5
+    min_surround_change: float = 2.5
     vegetation_ramp: tuple[float, float] = (0.06, 0.14)
     shadow_ramp: tuple[float, float] = (0.025, 0.05)
     rgb_bands: tuple[int, int, int] | None = None
     roof_change_ramp: tuple[float, float] = (0.08, 0.15)
-    isolated_max_far_change: float = 1.5
+    min_roof_diameter_m: float = 3.0
+    isolated_max_far_change: float = 2.5
     isolated_min_enclosure: float = 0.75
     blanket_size_ratio: float = 3.0
     min_valid: float = 0.8
@@ -465,6 +476,10 @@ def _range_stats(lum: xr.DataArray) -> tuple[float, float, float]:
     return float(p2), float(max(p98 - p2, 1e-6 * max(abs(p98), 1.0), 1e-12)), float(med)
 
 
+#: least-squares refits of the before-to-after luminance match (see :func:`_before_match`)
+MATCH_ROUNDS = 5
+
+
 def _before_match(
     after_l: xr.DataArray,
     before_l: xr.DataArray,
@@ -474,10 +489,13 @@ def _before_match(
     """``(gain, offset, level)``: the before luminance in the after's units, and their difference.
 
     On :func:`_range_stats`' sample of both images (each in units of its own range), the
-    before is matched to the after by its median and interquartile range (most of a scene is
-    unchanged, so a few craters or ruins do not move them) and ``level`` is the median
-    ``|after − (gain · before + offset)|``: the pair's noise, residual misregistration and
-    radiometric difference, what "the ground did not change" looks like (None when unknown).
+    before is matched to the after by its median and interquartile range, then refitted by
+    least squares on the half of the sample that matches best (``MATCH_ROUNDS`` times): the
+    two dates' shares of shadow differ with the sun (a lower sun, more and longer shadows),
+    which moves the quantiles of one image against the other's, while the sunlit ground that
+    did not change lies on one line. ``level`` is the median ``|after − (gain · before +
+    offset)|``: the pair's noise, residual misregistration and radiometric difference, what
+    "the ground did not change" looks like (None when unknown).
     """
     ny, nx = after_l.shape
     step = max(1, math.ceil(math.sqrt(ny * nx / 250_000)))
@@ -491,6 +509,12 @@ def _before_match(
     qa, qb = np.percentile(a, [25, 50, 75]), np.percentile(b, [25, 50, 75])
     gain = float((qa[2] - qa[0]) / (qb[2] - qb[0])) if qb[2] > qb[0] else 1.0
     offset = float(qa[1] - gain * qb[1])
+    for _ in range(MATCH_ROUNDS):
+        res = np.abs(a - (gain * b + offset))
+        best = res <= np.median(res)
+        if np.ptp(b[best]) <= 0:
+            break
+        gain, offset = (float(v) for v in np.polyfit(b[best], a[best], 1))
     level = float(np.median(np.abs(a - (gain * b + offset))))
     return gain, offset, level if level > 0 else None
 
@@ -1295,6 +1319,9 @@ def detect_craters(
     recs.loc[roof, "score"] = recs.loc[roof, "score"] * ramps(
         recs.loc[roof, "surround_change"].to_numpy(), *params.roof_change_ramp
     )
+    # a small dark blob on a roof is a fixture or a hole, not a bowl (see CraterParams)
+    fixture = (recs["on"] == "building") & (recs["diameter_m"] < params.min_roof_diameter_m)
+    recs.loc[fixture, "score"] = 0.0
     recs = recs[recs["score"] >= params.score_threshold].reset_index(drop=True)
     calibration = None
     if kw["calibrate"]:

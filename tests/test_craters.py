@@ -711,6 +711,62 @@ def test_detect_craters__dark_blob_on_an_intact_roof_needs_a_broken_roof() -> No
     assert alone.on.tolist() == ["building"] and np.isnan(alone.surround_change[0])
 
 
+def test_detect_craters__crater_on_a_roof_must_span_the_roof_fixture_size() -> None:
+    # a crater in the rubble of a building it brought down: found inside the footprint while
+    # it spans min_roof_diameter_m; a smaller dark blob there reads as a roof fixture or hole
+    d, half = 8.0, 18
+    before = render((160, 160), boxes=[(80 - half, 80 + half, 80 - half, 80 + half, 6.0)], seed=6)
+    after = render((160, 160), craters=[(80.0, 80.0, d)], seed=6)
+    yy, xx = np.mgrid[0:160, 0:160]
+    building = (abs(yy - 79.5) < half) & (abs(xx - 79.5) < half)
+    rubble = building & (np.hypot(yy - 80, xx - 80) >= 0.95 * d / 2 / GSD)
+    blocks = np.kron(np.random.default_rng(4).uniform(0.8, 1.0, (80, 80)), np.ones((2, 2)))
+    after[rubble] *= blocks[rubble]
+    x0, y0 = TRANSFORM * (80 - half, 80 - half)
+    x1, y1 = TRANSFORM * (80 + half, 80 + half)
+    fp = gpd.GeoDataFrame(geometry=[box(x0, y1, x1, y0)], crs=32637)
+    kw = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0, "footprints": fp}
+    pair = (raster(after), raster(before))
+    found = detect_craters(*pair, **kw)
+    assert match(found, [(80.0, 80.0, d)]) == [0] and found.on[0] == "building"
+    assert CraterParams().min_roof_diameter_m < found.diameter_m[0]
+    above = CraterParams(min_roof_diameter_m=found.diameter_m[0] + 0.1)
+    assert len(detect_craters(*pair, params=above, **kw)) == 0
+    # off the footprints the rule does not apply
+    kw.pop("footprints")
+    assert match(detect_craters(*pair, params=above, **kw), [(80.0, 80.0, d)]) == [0]
+
+
+def test_before_match__a_lower_sun_s_longer_shadows_do_not_read_as_change(monkeypatch) -> None:
+    # the after image has a third of the scene in shadow (a low sun), the before little: the
+    # two images' quantiles no longer correspond, but the sunlit ground that did not change
+    # does; the no-change level is that ground's, not the shadows'
+    import changedet.craters as craters
+
+    rng = np.random.default_rng(3)
+    ground = 0.5 + _texture((400, 400), rng) * 3
+    before = ground + rng.normal(0, 0.005, ground.shape)
+    after = ground + rng.normal(0, 0.005, ground.shape)
+    field = ndimage.gaussian_filter(rng.normal(size=ground.shape), 6)
+    shade = field > 0.43 * field.std()  # a third of it
+    after[shade] *= 0.45
+    after[~shade & (rng.random(ground.shape) < 0.02)] *= 0.4  # and a few small dark things
+    a, b = raster(after.astype(np.float32))[0], raster(before.astype(np.float32))[0]
+    stats_a, stats_b = craters._range_stats(a), craters._range_stats(b)
+    gain, offset, level = craters._before_match(a, b, stats_a, stats_b)
+    # the unchanged ground, in the after's units: its true relation and noise
+    lum_a = (after - stats_a[0]) / stats_a[1]
+    lum_b = (before - stats_b[0]) / stats_b[1]
+    true_gain, true_offset = stats_b[1] / stats_a[1], (stats_b[0] - stats_a[0]) / stats_a[1]
+    assert gain == pytest.approx(true_gain, rel=0.02)
+    assert offset == pytest.approx(true_offset, abs=0.01)
+    noise = np.median(np.abs(lum_a - (true_gain * lum_b + true_offset))[~shade])
+    assert level < 3 * noise
+    # matched by the quantiles alone, the shadows shift the match: every pixel looks changed
+    monkeypatch.setattr(craters, "MATCH_ROUNDS", 0)
+    assert craters._before_match(a, b, stats_a, stats_b)[2] > 3 * level
+
+
 def test_detect_craters__dark_block_in_a_big_craters_ejecta_is_not_a_crater() -> None:
     big, small = (96.0, 96.0, 18.0), (96.0, 96.0 + 1.8 * 18.0, 3.0)  # small at 1.8 R of big
     before = render((192, 192), seed=9)
