@@ -1109,8 +1109,10 @@ def detect_craters(
         ``isolated_craters``, ``expected_dipole`` (the one used) and
         ``assumed_expected_dipole``; ``attrs["sun_from_craters"]`` (None unless
         ``CraterParams.azimuth_from_craters`` found one) the azimuth read from the isolated
-        craters, their number and ``resultant_length``, and ``attrs["sun_azimuth_deg"]`` the
-        azimuth used.
+        craters, their number and ``resultant_length``, ``attrs["sun_azimuth_deg"]`` the
+        azimuth used, and ``attrs["roof_fixtures"]`` how many detections inside building
+        footprints were dropped as under ``CraterParams.min_roof_diameter_m`` (0 where none;
+        absent when no crater was searched).
 
     Raises
     ------
@@ -1306,6 +1308,7 @@ def detect_craters(
         if kw["calibrate"]:
             out.attrs["shading_calibration"] = _calibrate_shading(None, params, expected_dipole)[1]
         out.attrs["sun_from_craters"] = sun_found
+        out.attrs["roof_fixtures"] = 0
         return out
 
     recs = pd.DataFrame(rows)
@@ -1322,6 +1325,7 @@ def detect_craters(
     )
     # a small dark blob on a roof is a fixture or a hole, not a bowl (see CraterParams)
     fixture = (recs["on"] == "building") & (recs["diameter_m"] < params.min_roof_diameter_m)
+    roof_fixtures = int((fixture & (recs["score"] >= params.score_threshold)).sum())
     recs.loc[fixture, "score"] = 0.0
     recs = recs[recs["score"] >= params.score_threshold].reset_index(drop=True)
     calibration = None
@@ -1331,6 +1335,7 @@ def detect_craters(
         out = _empty(crs)
         out.attrs["shading_calibration"] = calibration
         out.attrs["sun_from_craters"] = sun_found
+        out.attrs["roof_fixtures"] = roof_fixtures
         return out
     recs["id"] = np.arange(len(recs), dtype=np.int64)
     points = gpd.GeoSeries(gpd.points_from_xy(recs["x"], recs["y"]), crs=crs)
@@ -1343,6 +1348,7 @@ def detect_craters(
     out.attrs["sun_elevation_deg"] = sun_elevation_deg
     out.attrs["shading_calibration"] = calibration
     out.attrs["sun_from_craters"] = sun_found
+    out.attrs["roof_fixtures"] = roof_fixtures
     return out
 
 

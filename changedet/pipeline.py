@@ -368,6 +368,14 @@ def _run_pair(
         cal = crater_gdf.attrs.get("shading_calibration")
         if cal:
             log.info("crater shading test: %s", craters.describe_calibration(cal))
+        if n_roof := crater_gdf.attrs.get("roof_fixtures"):
+            log.info(
+                "craters: %d dark round blob%s under %g m inside building footprints not "
+                "reported (roof fixtures or holes: craters.min_roof_diameter_m)",
+                n_roof,
+                "" if n_roof == 1 else "s",
+                crater_params.min_roof_diameter_m,
+            )
     with _stage("damage", timings), _progress(progress):
         evidence: dict[str, Any] = {
             "threshold": thr,
@@ -435,6 +443,7 @@ def _run_pair(
         manifest["craters_not_searched"] = result.craters_not_searched
         crater_attrs = getattr(result.craters, "attrs", None) or {}
         manifest["crater_shading_calibration"] = crater_attrs.get("shading_calibration")
+        manifest["crater_roof_fixtures_dropped"] = crater_attrs.get("roof_fixtures")
         if footprints is not None and _path(footprints) is None:
             manifest["inputs"].append(
                 {"role": "footprints", "path": None, "note": "in-memory GeoDataFrame"}

@@ -1023,6 +1023,17 @@ def write_report(
             else n_new
         ),
         "detections already in the before image (not counted)": n_old,
+        **(
+            {
+                "small dark blobs on roofs (not counted)": (
+                    f"{n_roof} under "
+                    f"{manifest['config']['craters']['min_roof_diameter_m']:g} m across: "
+                    "roof fixtures or holes"
+                )
+            }
+            if (n_roof := manifest.get("crater_roof_fixtures_dropped"))
+            else {}
+        ),
         "damage (per footprint or region)": (
             ", ".join(f"{k} {v}" for k, v in damage_counts.items())
             if damage_counts is not None

@@ -730,8 +730,10 @@ def test_detect_craters__crater_on_a_roof_must_span_the_roof_fixture_size() -> N
     found = detect_craters(*pair, **kw)
     assert match(found, [(80.0, 80.0, d)]) == [0] and found.on[0] == "building"
     assert CraterParams().min_roof_diameter_m < found.diameter_m[0]
+    assert found.attrs["roof_fixtures"] == 0
     above = CraterParams(min_roof_diameter_m=found.diameter_m[0] + 0.1)
-    assert len(detect_craters(*pair, params=above, **kw)) == 0
+    dropped = detect_craters(*pair, params=above, **kw)
+    assert len(dropped) == 0 and dropped.attrs["roof_fixtures"] == 1  # counted, for the log
     # off the footprints the rule does not apply
     kw.pop("footprints")
     assert match(detect_craters(*pair, params=above, **kw), [(80.0, 80.0, d)]) == [0]

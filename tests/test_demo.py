@@ -116,3 +116,23 @@ def test_run_demo__figures_list_every_true_crater_near_a_facility(
                 elif matched[t] not in in_page:
                     missing.append(f"{label} detected as {matched[t]} but not listed")
     assert set(missing) == KNOWN_MISSED_CRATERS, "; ".join(missing)
+
+
+@pytest.mark.slow
+def test_run_demo__small_dark_blobs_on_roofs_are_counted_and_said(demo: tuple[Path, str]) -> None:
+    # the sample sites' roofs carry water tanks: the ones the crater search took for small
+    # dark bowls are not reported as craters, and run.log, report.html and the manifest say
+    # how many were left out, and why
+    out, _ = demo
+    counts = {}
+    for site in find_sites(SAMPLE_TILES):
+        folder = out / site.name
+        n = json.loads((folder / "manifest.json").read_text())["crater_roof_fixtures_dropped"]
+        counts[site.name] = n
+        said = f"craters: {n} dark round blob{'' if n == 1 else 's'} under 3 m inside"
+        assert (said in (folder / "run.log").read_text()) == (n > 0), site.name
+        row = f"{n} under 3 m across: roof fixtures or holes"
+        assert (row in (folder / "report.html").read_text()) == (n > 0), site.name
+        craters = gpd.read_file(folder / "results.gpkg", layer="craters")
+        assert not ((craters["on"] == "building") & (craters["diameter_m"] < 3.0)).any()
+    assert sum(counts.values()) > 0, counts

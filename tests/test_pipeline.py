@@ -206,6 +206,11 @@ def test_run_pair__run_log_and_manifest_entries(run: Path) -> None:
     assert manifest["craters_not_searched"] is None
     assert manifest["crater_shading_calibration"] is None  # the elevation was given
     assert "sun of the after image: azimuth" in text
+    # small dark blobs on roofs not reported as craters: none in this scene, so no line
+    # (tests/test_demo.py has a scene with some)
+    assert manifest["crater_roof_fixtures_dropped"] == 0
+    assert "inside building footprints not reported" not in text
+    assert "small dark blobs on roofs" not in (run / "report.html").read_text()
 
 
 def test_run_pair__without_sun_angles_estimates_the_azimuth_from_tree_shadows(
