@@ -10,7 +10,10 @@ Splits: ``tune`` = seeds 0-9 and ``dev`` = seeds 20-59 (look at these while deve
 is wider, so a change that helps a few tune craters can be checked on 240 more), ``report`` =
 seeds 100-119 (run at the end only; never tune on them). All three share the generator's one
 sun (azimuth 160°, elevation 42°); ``suns`` = seeds 800-839 gives each scene its own
-(:func:`sun_for`: azimuth 0-360°, elevation 25-70°), to see what that one sun hides. Sites
+(:func:`sun_for`: azimuth 0-360°, elevation 25-70°), to see what that one sun hides; ``dated``
+= seeds 900-939 gives each scene the sun of a date and a time of day at its latitude
+(:func:`dated_sun`), for ``--sun estimate-dated``: the azimuth from tree shadows, the elevation
+bounded by that day's path of the sun (what the pipeline does with an acquisition date). Sites
 are cached under ``benchmarks/_work/`` (git-ignored).
 
 Truth craters smaller than the detector judges (under 5 px across: 2.5 m at 0.5 m) are counted as misses;
@@ -48,9 +51,14 @@ SPLITS = {
     "dev": list(range(20, 60)),
     "report": list(range(100, 120)),
     "suns": list(range(800, 840)),
+    "dated": list(range(900, 940)),
 }
 #: Seeds from which each scene gets its own sun (:func:`sun_for`).
 FIRST_SUN_SEED = 800
+#: Seeds from which the sun is that of a date and time of day (:func:`dated_sun`).
+FIRST_DATED_SEED = 900
+#: Latitude of the generated scenes (their UTM 37N origin), degrees.
+SCENE_LATITUDE = 36.13
 SIZE_PX = 768
 
 
@@ -67,8 +75,51 @@ def sun_for(seed: int) -> tuple[float, float] | None:
     """
     if seed < FIRST_SUN_SEED:
         return None
+    if seed >= FIRST_DATED_SEED:
+        return dated_sun(seed)[1:]
     rng = np.random.default_rng([2026, seed])
     return float(rng.uniform(0.0, 360.0)), float(rng.uniform(25.0, 70.0))
+
+
+def dated_sun(seed: int) -> tuple[Any, float, float]:
+    """``(date, azimuth, elevation)`` of a ``dated`` seed: a day of 2024 and a local solar time
+    of 9:00-14:00 (satellites image mostly mid-morning, aircraft through the day), drawn from
+    ``numpy.random.default_rng([2026, seed])`` until the sun stands at least 20° high, at
+    :data:`SCENE_LATITUDE`. The declination is Spencer's (1971) series, not the cruder
+    formula of :mod:`changedet.sun`, so that its error is part of the test.
+
+    Examples
+    --------
+    >>> d, az, el = dated_sun(900)
+    >>> d.year, 0 <= az < 360, el >= 20
+    (2024, True, True)
+    """
+    import datetime
+
+    rng = np.random.default_rng([2026, seed])
+    lat = math.radians(SCENE_LATITUDE)
+    while True:
+        day = int(rng.integers(1, 367))
+        hours = float(rng.uniform(9.0, 14.0))
+        g = 2 * math.pi * (day - 1) / 366
+        decl = (
+            0.006918
+            - 0.399912 * math.cos(g)
+            + 0.070257 * math.sin(g)
+            - 0.006758 * math.cos(2 * g)
+            + 0.000907 * math.sin(2 * g)
+            - 0.002697 * math.cos(3 * g)
+            + 0.00148 * math.sin(3 * g)
+        )
+        h = math.radians(15.0 * (hours - 12.0))
+        east = -math.cos(decl) * math.sin(h)
+        north = math.sin(decl) * math.cos(lat) - math.cos(decl) * math.sin(lat) * math.cos(h)
+        up = math.sin(decl) * math.sin(lat) + math.cos(decl) * math.cos(lat) * math.cos(h)
+        el = math.degrees(math.asin(up))
+        if el >= 20.0:
+            az = math.degrees(math.atan2(east, north)) % 360.0
+            date = datetime.date(2024, 1, 1) + datetime.timedelta(days=day - 1)
+            return date, round(az, 2), round(el, 2)
 
 
 def site_for(seed: int, gsd_m: float = 0.5) -> Path:
@@ -158,7 +209,7 @@ def evaluate_site(
         az, el = None, None
     elif sun == "azimuth":
         el = None
-    elif sun == "estimate":
+    elif sun in ("estimate", "estimate-dated"):
         from changedet.sun import estimate_sun_azimuth
 
         true_az = az
@@ -167,6 +218,15 @@ def evaluate_site(
         res_sun.update(estimated_azimuth=az, shadow_contrast=detail.get("shadow_contrast"))
         if az is not None:
             res_sun["azimuth_error"] = abs((az - true_az + 180) % 360 - 180)
+        if sun == "estimate-dated" and seed >= FIRST_DATED_SEED:
+            # the pipeline's bound on the unknown elevation, from the date and that azimuth
+            from changedet.craters import CraterParams
+            from changedet.sun import resolve_sun
+
+            found = resolve_sun(None, given=(az, None), image=after, date=dated_sun(seed)[0])
+            cap = found.elevation_cap(CraterParams(**(overrides or {})).max_sun_elevation_deg)
+            overrides = {**(overrides or {}), "max_sun_elevation_deg": cap}
+            res_sun.update(elevation_cap=cap, true_elevation=s["sun_after"][1])
     truth = gpd.read_file(site / "truth" / "craters.geojson")
     truth = truth.to_crs(before.rio.crs)
     foot = gpd.read_file(site / "footprints.geojson")
@@ -327,10 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--sun",
-        choices=("truth", "azimuth", "estimate", "none"),
+        choices=("truth", "azimuth", "estimate", "estimate-dated", "none"),
         default="truth",
         help="sun angles given to the detector: both true angles (default), the true azimuth "
-        "only, the azimuth estimated from tree shadows (changedet.sun), or none",
+        "only, the azimuth estimated from tree shadows (changedet.sun), the same with the "
+        "elevation bounded by the acquisition date (split 'dated' only), or none",
     )
     ap.add_argument(
         "--gsd",
@@ -371,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         f"split={args.split} seeds={seeds[0]}..{seeds[-1]} ({len(seeds)} scenes of {SIZE_PX}², "
         f"{args.gsd:g} m) wall {wall:.0f} s, sun angles: {args.sun}"
     )
-    if args.sun == "estimate":
+    if args.sun in ("estimate", "estimate-dated"):
         errs = [r["sun"].get("azimuth_error") for r in results]
         got = [e for e in errs if e is not None]
         print(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from changedet.sun import (
     highest_sun_elevation,
     parse_date,
     resolve_sun,
+    sun_elevation_at_azimuth,
     sun_from_metadata,
 )
 from changedet.synthetic import SceneSettings, generate_site
@@ -177,3 +179,44 @@ def test_highest_sun_elevation__on_a_date_bounds_that_days_noon_sun() -> None:
     tags = {"TIFFTAG_DATETIME": "2020:01:01 00:00:00", "acquisition_date": "2024-06-21"}
     assert acquisition_date(tags) == datetime.date(2024, 6, 21)
     assert acquisition_date({"TIFFTAG_DATETIME": "2020:01:01"}) is None  # a file date only
+
+
+def test_sun_elevation_at_azimuth__follows_the_days_path() -> None:
+    # 45° N at the equinox (declination ~0): the sun's position at each hour angle in closed
+    # form; the bound at its azimuth is its elevation, up to the declination's 1.5° margin
+    equinox, lat = datetime.date(2024, 3, 20), math.radians(45.0)
+    for hours in (-4, -2.5, -1, 0, 1.5, 3):
+        h = math.radians(15.0 * hours)
+        east, north = -math.sin(h), -math.sin(lat) * math.cos(h)
+        elevation = math.degrees(math.asin(math.cos(lat) * math.cos(h)))
+        azimuth = math.degrees(math.atan2(east, north)) % 360
+        got = sun_elevation_at_azimuth(45.0, equinox, azimuth, tolerance_deg=0.5)
+        assert elevation - 0.1 <= got <= elevation + 2.0, hours
+    # a morning sun stands lower than noon's; the tolerance widens the bound toward noon
+    morning = sun_elevation_at_azimuth(45.0, equinox, 125.3, tolerance_deg=0.5)
+    assert morning < sun_elevation_at_azimuth(45.0, equinox, 125.3, tolerance_deg=20.0)
+    assert morning < highest_sun_elevation(45.0, equinox) - 10
+    assert sun_elevation_at_azimuth(45.0, equinox, 0.0) is None  # never in the north
+
+
+def test_resolve_sun__date_and_azimuth_bound_the_elevation() -> None:
+    # a scene at 50° N on 15 January with the sun in the south-east: lower than that noon's
+    north = make_raster(
+        np.full((1, 16, 16), 100.0), transform=Affine(0.5, 0, 500000.0, 0, -0.5, 5540000.0)
+    )
+    day = datetime.date(2024, 1, 15)
+    noon = highest_sun_elevation(50.0, day)
+    sun = resolve_sun(None, given=(140.0, None), image=north, date=day)
+    assert sun.highest_elevation_deg < noon - 3
+    assert sun.detail["elevation_bound"] and "on 2024-01-15 at this azimuth" in sun.describe()
+    # at noon's azimuth the path gives about the noon bound (their margins differ: 1.5° and
+    # 2°); an azimuth the sun never has that day (the north, in a northern winter) leaves the
+    # noon bound and says so
+    at_noon = resolve_sun(None, given=(180.0, None), image=north, date=day)
+    assert at_noon.highest_elevation_deg == pytest.approx(noon, abs=1.0)
+    off = resolve_sun(None, given=(0.0, None), image=north, date=day)
+    assert off.highest_elevation_deg == pytest.approx(noon, abs=0.05)
+    assert off.detail["azimuth_off_the_path"]
+    # with the elevation given, nothing is bounded
+    both = resolve_sun(None, given=(140.0, 20.0), image=north, date=day)
+    assert "elevation_bound" not in both.detail
