@@ -250,7 +250,9 @@ class CraterParams:
         10:30 local time; a bowl under a higher one is nearly unshaded). A flat dark patch or a
         cast shadow still scores 0. :func:`changedet.pipeline.run_pair` lowers it to the
         highest the sun ever stands at the scene's latitude where that is lower (63° at 50° N,
-        :func:`changedet.sun.highest_sun_elevation`). Without the azimuth the test is skipped
+        :func:`changedet.sun.highest_sun_elevation`), and with the acquisition date to the
+        highest it stands that day at the azimuth used
+        (:func:`changedet.sun.sun_elevation_at_azimuth`). Without the azimuth the test is skipped
         (:func:`changedet.sun.resolve_sun` estimates it from tree shadows when it can).
     calibrate_shading
         With the azimuth known but not the elevation, and a before image: the scene's own
