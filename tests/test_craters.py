@@ -561,10 +561,11 @@ def test_detect_craters__dark_blob_on_unchanged_ground_is_not_new() -> None:
     assert detect_craters(after, same_ground, params=off, **sun).new.tolist() == [True]
 
 
-def test_detect_craters__no_ejecta_penalty_inside_a_broken_building() -> None:
-    # a crater in the rubble of a building, in a bright yard: its ring (rubble) is darker than
-    # the "background" beyond it (the yard), which would count against an ejecta blanket
-    d, half = 8.0, 18
+def _crater_in_a_broken_building(
+    d: float, half: int, yard: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, gpd.GeoDataFrame]:
+    """After, before and footprint: a ``d`` m crater amid the rubble of a building (2 half px
+    wide) it brought down, the yard around ``yard`` times as bright."""
     before = render((160, 160), boxes=[(80 - half, 80 + half, 80 - half, 80 + half, 6.0)], seed=6)
     after = render((160, 160), craters=[(80.0, 80.0, d)], seed=6)
     yy, xx = np.mgrid[0:160, 0:160]
@@ -572,11 +573,18 @@ def test_detect_craters__no_ejecta_penalty_inside_a_broken_building() -> None:
     rubble = building & (np.hypot(yy - 80, xx - 80) >= 0.95 * d / 2 / GSD)
     blocks = np.kron(np.random.default_rng(4).uniform(0.8, 1.0, (80, 80)), np.ones((2, 2)))
     after[rubble] *= blocks[rubble]
-    after[~building] *= 1.5
-    before[~building] *= 1.5
+    after[~building] *= yard
+    before[~building] *= yard
     x0, y0 = TRANSFORM * (80 - half, 80 - half)
     x1, y1 = TRANSFORM * (80 + half, 80 + half)
-    fp = gpd.GeoDataFrame(geometry=[box(x0, y1, x1, y0)], crs=32637)
+    return after, before, gpd.GeoDataFrame(geometry=[box(x0, y1, x1, y0)], crs=32637)
+
+
+def test_detect_craters__no_ejecta_penalty_inside_a_broken_building() -> None:
+    # a crater in the rubble of a building, in a bright yard: its ring (rubble) is darker than
+    # the "background" beyond it (the yard), which would count against an ejecta blanket
+    d, half = 8.0, 18
+    after, before, fp = _crater_in_a_broken_building(d, half, yard=1.5)
     sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
     p = CraterParams(score_threshold=0.0)
     truth = [(80.0, 80.0, d)]
@@ -714,17 +722,8 @@ def test_detect_craters__dark_blob_on_an_intact_roof_needs_a_broken_roof() -> No
 def test_detect_craters__crater_on_a_roof_must_span_the_roof_fixture_size() -> None:
     # a crater in the rubble of a building it brought down: found inside the footprint while
     # it spans min_roof_diameter_m; a smaller dark blob there reads as a roof fixture or hole
-    d, half = 8.0, 18
-    before = render((160, 160), boxes=[(80 - half, 80 + half, 80 - half, 80 + half, 6.0)], seed=6)
-    after = render((160, 160), craters=[(80.0, 80.0, d)], seed=6)
-    yy, xx = np.mgrid[0:160, 0:160]
-    building = (abs(yy - 79.5) < half) & (abs(xx - 79.5) < half)
-    rubble = building & (np.hypot(yy - 80, xx - 80) >= 0.95 * d / 2 / GSD)
-    blocks = np.kron(np.random.default_rng(4).uniform(0.8, 1.0, (80, 80)), np.ones((2, 2)))
-    after[rubble] *= blocks[rubble]
-    x0, y0 = TRANSFORM * (80 - half, 80 - half)
-    x1, y1 = TRANSFORM * (80 + half, 80 + half)
-    fp = gpd.GeoDataFrame(geometry=[box(x0, y1, x1, y0)], crs=32637)
+    d = 8.0
+    after, before, fp = _crater_in_a_broken_building(d, 18)
     kw = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0, "footprints": fp}
     pair = (raster(after), raster(before))
     found = detect_craters(*pair, **kw)
