@@ -209,6 +209,20 @@ def evaluate_site(
         az, el = None, None
     elif sun == "azimuth":
         el = None
+    elif sun == "buildings":
+        # one-band imagery without trees: the azimuth from the buildings' shadows only
+        import geopandas as gpd
+
+        from changedet.sun import estimate_sun_azimuth_from_footprints
+
+        true_az = az
+        az, detail = estimate_sun_azimuth_from_footprints(
+            after, gpd.read_file(site / "footprints.geojson")
+        )
+        el = None
+        res_sun.update(estimated_azimuth=az, shadow_contrast=detail.get("shadow_contrast"))
+        if az is not None:
+            res_sun["azimuth_error"] = abs((az - true_az + 180) % 360 - 180)
     elif sun in ("estimate", "estimate-dated"):
         from changedet.sun import estimate_sun_azimuth
 
@@ -387,11 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--sun",
-        choices=("truth", "azimuth", "estimate", "estimate-dated", "none"),
+        choices=("truth", "azimuth", "estimate", "estimate-dated", "buildings", "none"),
         default="truth",
         help="sun angles given to the detector: both true angles (default), the true azimuth "
         "only, the azimuth estimated from tree shadows (changedet.sun), the same with the "
-        "elevation bounded by the acquisition date (split 'dated' only), or none",
+        "elevation bounded by the acquisition date (split 'dated' only), the azimuth from "
+        "the buildings' shadows beside their footprints only (one-band imagery), or none",
     )
     ap.add_argument(
         "--gsd",
@@ -432,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         f"split={args.split} seeds={seeds[0]}..{seeds[-1]} ({len(seeds)} scenes of {SIZE_PX}², "
         f"{args.gsd:g} m) wall {wall:.0f} s, sun angles: {args.sun}"
     )
-    if args.sun in ("estimate", "estimate-dated"):
+    if args.sun in ("estimate", "estimate-dated", "buildings"):
         errs = [r["sun"].get("azimuth_error") for r in results]
         got = [e for e in errs if e is not None]
         print(

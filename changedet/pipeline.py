@@ -330,6 +330,7 @@ def _run_pair(
             params=cfg.sun,
             # the analyst's date for the captions, else an acquisition-date tag
             date=parse_date(cfg.report.after_date) or acquisition_date(after_da.attrs),
+            footprints=fp,
         )
         log.info("sun of the after image: %s", sun.describe())
         # beyond the tropics the sun never stands as high as the general assumption

@@ -23,7 +23,12 @@ Where the angles come from, in this order (:func:`resolve_sun`):
    estimate is kept only when the shadow side is clearly darker than the sun side
    (``min_shadow_contrast``) over enough crown pixels, else the azimuth stays unknown. It needs
    red, green and blue bands and trees resolved by a few pixels (≤ 2 m pixels).
-4. failing all three, with a before image, the crater stage itself reads the azimuth from the
+4. **estimated** azimuth from building shadows (:func:`estimate_sun_azimuth_from_footprints`),
+   when building footprints are given and the trees settle nothing (one-band imagery, no
+   trees): the ground just outside each footprint is darkest on the side away from the sun.
+   Rectangular buildings on a street grid bias it toward the grid's directions, so it comes
+   after the trees;
+5. failing all these, with a before image, the crater stage itself reads the azimuth from the
    shading of the scene's isolated craters (a bowl's wall nearest the sun is its dark one;
    :attr:`changedet.craters.CraterParams.azimuth_from_craters`), and
    :func:`changedet.pipeline.run_pair` records it with the source ``"isolated craters"``.
@@ -46,6 +51,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import re
+import warnings
 from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
@@ -58,6 +64,7 @@ __all__ = [
     "Sun",
     "SunParams",
     "estimate_sun_azimuth",
+    "estimate_sun_azimuth_from_footprints",
     "highest_sun_elevation",
     "resolve_sun",
     "sun_elevation_at_azimuth",
@@ -93,6 +100,9 @@ class SunParams:
     greenness
         Least excess-green index ``(2G − R − B) / (R + G + B)`` of a crown pixel (bare soil,
         roofs and roads lie below 0.05; leaves 0.08–0.25).
+    max_buildings
+        With building footprints and no azimuth from the trees: the estimate from building
+        shadows reads the ground beside at most this many footprints (the largest).
     azimuth_tolerance_deg
         With the acquisition date and an azimuth but no elevation: how far the azimuth may be
         off when the elevation is bounded by the sun's path on that day
@@ -108,12 +118,15 @@ class SunParams:
     max_windows: int = 9
     greenness: float = 0.08
     azimuth_tolerance_deg: float = 12.0
+    max_buildings: int = 400
 
     def __post_init__(self) -> None:
         if not 0 < self.min_shadow_contrast < 1:
             raise ValueError("SunParams: min_shadow_contrast must lie in (0, 1)")
         if self.window_px < 64 or self.max_windows < 1 or self.min_crown_px < 1:
             raise ValueError("SunParams: window_px >= 64, max_windows >= 1, min_crown_px >= 1")
+        if self.max_buildings < 1:
+            raise ValueError("SunParams: max_buildings must be at least 1")
         if not 0 <= self.azimuth_tolerance_deg <= 180:
             raise ValueError("SunParams: azimuth_tolerance_deg must lie in [0, 180]")
 
@@ -512,6 +525,125 @@ def estimate_sun_azimuth(
     return round((dark_dir + 180.0) % 360, 1), detail
 
 
+def estimate_sun_azimuth_from_footprints(
+    image: xr.DataArray,
+    footprints: Any,
+    *,
+    params: SunParams | None = None,
+) -> tuple[float | None, dict[str, Any]]:
+    """Sun azimuth from the shadows buildings cast beside their footprints.
+
+    A building casts its shadow away from the sun, so the ground just outside its footprint
+    (``0.75–2.5 m`` beyond the wall) is darkest on that side. For each of up to
+    ``params.max_buildings`` footprints (the largest), rays from its centroid every 5° give
+    the mean brightness of that strip of ground beyond the wall, as a share of the building's
+    median; the median over the buildings, smoothed over ±15°, is darkest in the direction of
+    the shadows, and the sun lies opposite. Kept when that direction is clearly darker than the
+    median (``1 − darkest ≥ params.min_shadow_contrast``) over at least 20 buildings.
+
+    Parameters
+    ----------
+    image
+        ``(band, y, x)`` raster (its bands averaged) in a projected CRS, lazy or in memory;
+        only the pixels sampled are read.
+    footprints
+        Building footprint polygons (GeoDataFrame or GeoSeries) with a CRS.
+    params
+        :class:`SunParams`; defaults when omitted.
+
+    Returns
+    -------
+    tuple
+        ``(azimuth_deg, detail)`` as :func:`estimate_sun_azimuth`; ``detail`` holds
+        ``shadow_contrast``, ``buildings`` and, when rejected, ``reason``.
+    """
+    import shapely
+
+    p = params or SunParams()
+    detail: dict[str, Any] = {"method": "building shadows"}
+    crs = image.rio.crs if hasattr(image, "rio") else None
+    if crs is None or crs.is_geographic:
+        detail["reason"] = "needs a projected CRS (distances in metres)"
+        return None, detail
+    geoms = footprints.to_crs(crs).geometry.values if footprints.crs else None
+    if geoms is None:
+        detail["reason"] = "footprints without a CRS"
+        return None, detail
+    geoms = geoms[shapely.is_valid(geoms) & ~shapely.is_empty(geoms)]
+    geoms = geoms[shapely.get_type_id(geoms) == 3]  # polygons
+    geoms = geoms[np.argsort(-shapely.area(geoms), kind="stable")[: p.max_buildings]]
+    th = np.radians(np.arange(0.0, 360.0, 5.0))
+    east, north = np.sin(th), np.cos(th)
+    steps = np.linspace(0.75, 2.5, 5)  # metres beyond the wall
+    inv = ~image.rio.transform()
+    ny, nx = image.shape[1:]
+    rows_all, cols_all, owner = [], [], []
+    for k, g in enumerate(geoms):
+        c = shapely.centroid(g)
+        reach = 2 * math.sqrt(shapely.area(g)) + 10.0
+        rays = shapely.linestrings(
+            np.stack(
+                [
+                    np.column_stack([np.full(th.size, c.x), np.full(th.size, c.y)]),
+                    np.column_stack([c.x + reach * east, c.y + reach * north]),
+                ],
+                axis=1,
+            )
+        )
+        crossings = shapely.intersection(rays, shapely.get_exterior_ring(g))
+        wall = np.full(th.size, np.nan)
+        for j, hit in enumerate(crossings):
+            pts = shapely.get_coordinates(hit)
+            if len(pts):  # the farthest crossing: beyond every wall along the ray
+                wall[j] = np.hypot(pts[:, 0] - c.x, pts[:, 1] - c.y).max()
+        dist = wall[:, None] + steps[None, :]
+        col, row = inv * (c.x + dist * east[:, None], c.y + dist * north[:, None])
+        rows_all.append(np.floor(row))
+        cols_all.append(np.floor(col))
+        owner.append(np.full(dist.shape, k))
+    if not rows_all:
+        detail["reason"] = "no building footprint"
+        return None, detail
+    rows = np.stack(rows_all)  # (building, direction, step)
+    cols = np.stack(cols_all)
+    inside = np.isfinite(rows) & (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
+    r_ok, c_ok = rows[inside].astype(np.int64), cols[inside].astype(np.int64)
+    lum = np.full(rows.shape, np.nan)
+    data = image.data
+    if isinstance(data, np.ndarray):
+        picked = data[:, r_ok, c_ok]
+    else:  # dask: read only the chunks that hold sampled pixels, band by band
+        picked = np.stack([data[b].vindex[r_ok, c_ok].compute() for b in range(data.shape[0])])
+    lum[inside] = np.asarray(picked, np.float64).mean(axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # rays with no valid pixel
+        strip = np.nanmean(lum, axis=2)  # (building, direction)
+        full = np.isfinite(strip).mean(axis=1) >= 0.8
+        med = np.nanmedian(strip, axis=1)
+        keep = full & (med > 0)
+        prof = np.nanmedian(strip[keep] / med[keep, None], axis=0)
+    n = int(keep.sum())
+    detail["buildings"] = n
+    if n < 20 or not np.isfinite(prof).all():
+        detail["reason"] = f"{n} footprints with ground all round (20 needed)"
+        return None, detail
+    smooth = np.array(
+        [np.take(prof, range(i - 3, i + 4), mode="wrap").mean() for i in range(th.size)]
+    )
+    i = int(np.argmin(smooth))
+    # the minimum between its neighbours (a parabola through three points)
+    a, b, c3 = smooth[i - 1], smooth[i], smooth[(i + 1) % th.size]
+    den = a - 2 * b + c3
+    shift = 0.5 * (a - c3) / den if den > 0 else 0.0
+    shadow_deg = (math.degrees(th[i]) + 5.0 * shift) % 360.0
+    contrast = float(1.0 - b)
+    detail["shadow_contrast"] = round(contrast, 3)
+    if contrast < p.min_shadow_contrast:
+        detail["reason"] = f"shadow contrast {contrast:.2f} below {p.min_shadow_contrast}"
+        return None, detail
+    return round((shadow_deg + 180.0) % 360.0, 1), detail
+
+
 def resolve_sun(
     after: str | PathLike[str] | None,
     *,
@@ -520,6 +652,7 @@ def resolve_sun(
     rgb_bands: tuple[int, int, int] = (0, 1, 2),
     params: SunParams | None = None,
     date: _dt.date | None = None,
+    footprints: Any = None,
 ) -> Sun:
     """The sun's position for the after image: given, else from its metadata, else estimated.
 
@@ -537,6 +670,10 @@ def resolve_sun(
         Red, green and blue band indices of ``image``.
     params
         :class:`SunParams`; defaults when omitted.
+    footprints
+        Building footprints (GeoDataFrame or GeoSeries), or ``None``: when the trees settle
+        no azimuth, it is estimated from the buildings' shadows
+        (:func:`estimate_sun_azimuth_from_footprints`).
     date
         The after image's acquisition date, when known: it lowers the bound on an unknown
         elevation to that day's noon sun (:func:`highest_sun_elevation`) and, with an azimuth,
@@ -571,6 +708,16 @@ def resolve_sun(
         detail.update(est)
         if az is not None:
             source = "tree shadows"
+    if az is None and p.estimate and image is not None and footprints is not None:
+        trees = detail.get("reason")
+        az, est = estimate_sun_azimuth_from_footprints(image, footprints, params=p)
+        if az is not None:
+            detail = {**{k: v for k, v in detail.items() if k != "reason"}, **est}
+            if trees:
+                detail["trees"] = trees
+            source = "building shadows"
+        else:
+            detail["buildings_reason"] = est.get("reason")
     if az is None and "reason" not in detail:
         detail["reason"] = "not given, not in the metadata" + (
             "" if p.estimate else ", estimate off"

@@ -220,3 +220,38 @@ def test_resolve_sun__date_and_azimuth_bound_the_elevation() -> None:
     # with the elevation given, nothing is bounded
     both = resolve_sun(None, given=(140.0, 20.0), image=north, date=day)
     assert "elevation_bound" not in both.detail
+
+
+@pytest.fixture(scope="module")
+def one_band_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # the before image is on the footprints' grid exactly; its sun is set for the test
+    settings = SceneSettings(seed=32, size_px=512, sun_before=(300.0, 45.0))
+    return generate_site(tmp_path_factory.mktemp("sun1") / "s", settings, workers=1)
+
+
+def test_estimate_sun_azimuth_from_footprints__buildings_shadows_give_the_azimuth(
+    one_band_site: Path,
+) -> None:
+    import geopandas as gpd
+
+    from changedet.sun import estimate_sun_azimuth_from_footprints
+
+    before = rioxarray.open_rasterio(one_band_site / "before.tif").astype("float32")
+    grey = before.mean("band", keep_attrs=True).expand_dims(band=[1]).rio.write_crs(before.rio.crs)
+    footprints = gpd.read_file(one_band_site / "footprints.geojson")
+    az, detail = estimate_sun_azimuth_from_footprints(grey, footprints)
+    assert az is not None, detail
+    assert _angle_error(az, 300.0) <= 10.0, (az, detail)
+    assert (
+        detail["buildings"] >= 20 and detail["shadow_contrast"] >= SunParams().min_shadow_contrast
+    )
+    # lazy, the same; and resolve_sun falls back to it where the trees say nothing (one band)
+    lazy, _ = estimate_sun_azimuth_from_footprints(grey.chunk(128), footprints)
+    assert lazy == az
+    sun = resolve_sun(None, image=grey, footprints=footprints)
+    assert sun.source == "building shadows" and sun.azimuth_deg == az
+    assert "red, green and blue" in sun.detail["trees"]
+    # footprints over ground without shadows: no azimuth, and why
+    flat = grey.copy(data=np.full(grey.shape, 120.0, np.float32))
+    none, why = estimate_sun_azimuth_from_footprints(flat, footprints)
+    assert none is None and "shadow contrast" in why["reason"]
