@@ -925,8 +925,10 @@ def _sun_line(sun: Mapping[str, Any] | None) -> str:
 
     line = Sun(**sun).describe()
     contrast = sun.get("detail", {}).get("shadow_contrast")
-    if sun.get("source") == "tree shadows" and contrast is not None:
+    if sun.get("source") in ("tree shadows", "building shadows") and contrast is not None:
         line += f", shadow contrast {contrast:.2f}"
+    if sun.get("source") == "building shadows" and "buildings" in sun.get("detail", {}):
+        line += f", {sun['detail']['buildings']} footprints"
     return line
 
 

@@ -140,7 +140,8 @@ class Sun:
     azimuth_deg, elevation_deg
         Degrees clockwise from north, degrees above the horizon; ``None`` when unknown.
     source
-        ``"given"``, ``"metadata"``, ``"tree shadows"`` (estimated azimuth), ``"isolated
+        ``"given"``, ``"metadata"``, ``"tree shadows"`` or ``"building shadows"`` (estimated
+        azimuth), ``"isolated
         craters"`` (the azimuth from the shading of the scene's isolated craters, found by the
         crater stage: ``CraterParams.azimuth_from_craters``) or ``"unknown"``.
     detail
