@@ -141,9 +141,9 @@ class Sun:
         Degrees clockwise from north, degrees above the horizon; ``None`` when unknown.
     source
         ``"given"``, ``"metadata"``, ``"tree shadows"`` or ``"building shadows"`` (estimated
-        azimuth), ``"isolated
-        craters"`` (the azimuth from the shading of the scene's isolated craters, found by the
-        crater stage: ``CraterParams.azimuth_from_craters``) or ``"unknown"``.
+        azimuth), ``"isolated craters"`` (the azimuth from the shading of the scene's isolated
+        craters, found by the crater stage: ``CraterParams.azimuth_from_craters``) or
+        ``"unknown"``.
     detail
         How it was found: the metadata keys read, or the estimate's shadow contrast and crown
         pixels (also when the estimate was rejected, with the reason).
@@ -233,7 +233,7 @@ def _declination(date: _dt.date) -> float:
 
 
 def sun_elevation_at_azimuth(
-    lat_deg: float, date: _dt.date, azimuth_deg: float, tolerance_deg: float = 10.0
+    lat_deg: float, date: _dt.date, azimuth_deg: float, tolerance_deg: float = 12.0
 ) -> float | None:
     """The highest the sun stands on ``date`` at a latitude while its azimuth lies within
     ``tolerance_deg`` of ``azimuth_deg`` (degrees), or ``None`` if it never stands there.
@@ -570,8 +570,8 @@ def estimate_sun_azimuth_from_footprints(
     if geoms is None:
         detail["reason"] = "footprints without a CRS"
         return None, detail
-    geoms = geoms[shapely.is_valid(geoms) & ~shapely.is_empty(geoms)]
-    geoms = geoms[shapely.get_type_id(geoms) == 3]  # polygons
+    geoms = shapely.get_parts(geoms[shapely.is_valid(geoms) & ~shapely.is_empty(geoms)])
+    geoms = geoms[shapely.get_type_id(geoms) == 3]  # polygons (multipolygons' parts)
     geoms = geoms[np.argsort(-shapely.area(geoms), kind="stable")[: p.max_buildings]]
     th = np.radians(np.arange(0.0, 360.0, 5.0))
     east, north = np.sin(th), np.cos(th)
