@@ -25,9 +25,8 @@ Where the angles come from, in this order (:func:`resolve_sun`):
    red, green and blue bands and trees resolved by a few pixels (≤ 2 m pixels).
 4. **estimated** azimuth from building shadows (:func:`estimate_sun_azimuth_from_footprints`),
    when building footprints are given and the trees settle nothing (one-band imagery, no
-   trees): the ground just outside each footprint is darkest on the side away from the sun.
-   Rectangular buildings on a street grid bias it toward the grid's directions, so it comes
-   after the trees;
+   trees): a building's shadow reaches farthest beyond its walls straight away from the sun.
+   It comes after the trees, whose round crowns are free of the buildings' shapes and layout;
 5. failing all these, with a before image, the crater stage itself reads the azimuth from the
    shading of the scene's isolated craters (a bowl's wall nearest the sun is its dark one;
    :attr:`changedet.craters.CraterParams.azimuth_from_craters`), and
@@ -526,6 +525,11 @@ def estimate_sun_azimuth(
     return round((dark_dir + 180.0) % 360, 1), detail
 
 
+#: Ground darker than this share of a building's open ground is in its shadow (sunlit ground
+#: is 1.5-3 times as bright as shadow).
+SHADOW_SHARE = 0.7
+
+
 def estimate_sun_azimuth_from_footprints(
     image: xr.DataArray,
     footprints: Any,
@@ -534,13 +538,17 @@ def estimate_sun_azimuth_from_footprints(
 ) -> tuple[float | None, dict[str, Any]]:
     """Sun azimuth from the shadows buildings cast beside their footprints.
 
-    A building casts its shadow away from the sun, so the ground just outside its footprint
-    (``0.75–2.5 m`` beyond the wall) is darkest on that side. For each of up to
-    ``params.max_buildings`` footprints (the largest), rays from its centroid every 5° give
-    the mean brightness of that strip of ground beyond the wall, as a share of the building's
-    median; the median over the buildings, smoothed over ±15°, is darkest in the direction of
-    the shadows, and the sun lies opposite. Kept when that direction is clearly darker than the
-    median (``1 − darkest ≥ params.min_shadow_contrast``) over at least 20 buildings.
+    A building casts its shadow away from the sun, and the shadow reaches farthest beyond the
+    walls straight along the shadow's direction. For each of up to ``params.max_buildings``
+    footprints (the largest), rays from its centroid every 5° are followed out from the wall
+    (0.5–12 m, every 0.5 m), and the shadow's extent along each is the run of ground darker
+    than ``SHADOW_SHARE`` of the building's open ground (the median of its rays' outer 3 m:
+    sunlit ground is 1.5–3 times as bright as shadow). Each building's extents, as shares of its
+    longest, are combined by their median over the buildings; smoothed over ±15° and refined
+    by a parabola, they peak in the shadows' direction, and the sun lies opposite. Unlike the
+    darkness of a strip along each wall, which is full on both walls a low sun shades, the
+    extent keeps the direction on a street grid. Kept when the peak stands at least
+    ``params.min_shadow_contrast`` above the opposite direction over at least 20 buildings.
 
     Parameters
     ----------
@@ -575,11 +583,11 @@ def estimate_sun_azimuth_from_footprints(
     geoms = geoms[np.argsort(-shapely.area(geoms), kind="stable")[: p.max_buildings]]
     th = np.radians(np.arange(0.0, 360.0, 5.0))
     east, north = np.sin(th), np.cos(th)
-    steps = np.linspace(0.75, 2.5, 5)  # metres beyond the wall
+    steps = np.arange(0.5, 12.0, 0.5)  # metres beyond the wall
     inv = ~image.rio.transform()
     ny, nx = image.shape[1:]
-    rows_all, cols_all, owner = [], [], []
-    for k, g in enumerate(geoms):
+    rows_all, cols_all = [], []
+    for g in geoms:
         c = shapely.centroid(g)
         reach = 2 * math.sqrt(shapely.area(g)) + 10.0
         rays = shapely.linestrings(
@@ -601,7 +609,6 @@ def estimate_sun_azimuth_from_footprints(
         col, row = inv * (c.x + dist * east[:, None], c.y + dist * north[:, None])
         rows_all.append(np.floor(row))
         cols_all.append(np.floor(col))
-        owner.append(np.full(dist.shape, k))
     if not rows_all:
         detail["reason"] = "no building footprint"
         return None, detail
@@ -618,26 +625,29 @@ def estimate_sun_azimuth_from_footprints(
     lum[inside] = np.asarray(picked, np.float64).mean(axis=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # rays with no valid pixel
-        strip = np.nanmean(lum, axis=2)  # (building, direction)
-        full = np.isfinite(strip).mean(axis=1) >= 0.8
-        med = np.nanmedian(strip, axis=1)
-        keep = full & (med > 0)
-        prof = np.nanmedian(strip[keep] / med[keep, None], axis=0)
+        open_ground = np.nanmedian(lum[:, :, -6:], axis=(1, 2))  # (building,)
+    # the run of shadowed ground from the wall out, per building and direction
+    dark = lum < SHADOW_SHARE * open_ground[:, None, None]
+    run = np.argmin(np.concatenate([dark, np.zeros((*dark.shape[:2], 1), bool)], axis=2), axis=2)
+    longest = run.max(axis=1)
+    full = np.isfinite(lum[:, :, 0]).mean(axis=1) >= 0.8
+    keep = full & (open_ground > 0) & (longest > 0)
     n = int(keep.sum())
     detail["buildings"] = n
-    if n < 20 or not np.isfinite(prof).all():
-        detail["reason"] = f"{n} footprints with ground all round (20 needed)"
+    if n < 20:
+        detail["reason"] = f"{n} footprints with a shadow and ground all round (20 needed)"
         return None, detail
+    prof = np.median(run[keep] / longest[keep, None], axis=0)
     smooth = np.array(
         [np.take(prof, range(i - 3, i + 4), mode="wrap").mean() for i in range(th.size)]
     )
-    i = int(np.argmin(smooth))
-    # the minimum between its neighbours (a parabola through three points)
+    i = int(np.argmax(smooth))
+    # the peak between its neighbours (a parabola through three points)
     a, b, c3 = smooth[i - 1], smooth[i], smooth[(i + 1) % th.size]
     den = a - 2 * b + c3
-    shift = 0.5 * (a - c3) / den if den > 0 else 0.0
+    shift = 0.5 * (a - c3) / den if den < 0 else 0.0
     shadow_deg = (math.degrees(th[i]) + 5.0 * shift) % 360.0
-    contrast = float(1.0 - b)
+    contrast = float(b - smooth[(i + th.size // 2) % th.size])
     detail["shadow_contrast"] = round(contrast, 3)
     if contrast < p.min_shadow_contrast:
         detail["reason"] = f"shadow contrast {contrast:.2f} below {p.min_shadow_contrast}"

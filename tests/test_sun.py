@@ -251,7 +251,10 @@ def test_estimate_sun_azimuth_from_footprints__buildings_shadows_give_the_azimut
     sun = resolve_sun(None, image=grey, footprints=footprints)
     assert sun.source == "building shadows" and sun.azimuth_deg == az
     assert "red, green and blue" in sun.detail["trees"]
-    # footprints over ground without shadows: no azimuth, and why
+    # footprints over ground without shadows, or over noise: no azimuth, and why
     flat = grey.copy(data=np.full(grey.shape, 120.0, np.float32))
     none, why = estimate_sun_azimuth_from_footprints(flat, footprints)
-    assert none is None and "shadow contrast" in why["reason"]
+    assert none is None and "20 needed" in why["reason"]
+    speckle = np.random.default_rng(0).uniform(40, 200, grey.shape).astype(np.float32)
+    none, why = estimate_sun_azimuth_from_footprints(grey.copy(data=speckle), footprints)
+    assert none is None and "shadow contrast" in why["reason"], why
