@@ -5,6 +5,9 @@ The scripts, in order (each skips what it cannot run, with the reason):
 * ``bench_coregister.py`` — co-registration accuracy (synthetic, Landsat known shifts, the
   Sentinel-2 pair) and speed at 8192², against AROSICS when ``make bench-env`` was run;
 * ``eval_craters.py --split report`` — crater detection on the held-out synthetic seeds;
+  then under other suns: ``--split suns`` (each scene its own sun), ``--split dated --sun
+  estimate-dated`` (the sun of a date: azimuth from tree shadows, elevation bounded by the
+  date) and ``--split suns --sun buildings`` (one-band imagery: azimuth from building shadows);
 * ``eval_damage.py --split report`` — building damage on the held-out synthetic seeds;
 * ``bench_pipeline.py`` — the whole pipeline on 2048² to 16384² pairs (32768² with ``--large``)
   against a naive baseline and AROSICS, time and peak memory per size, in fresh subprocesses.
@@ -39,6 +42,25 @@ def main() -> int:
     runs = [
         ["bench_coregister.py", *(["--quick"] if args.quick else [])],
         ["eval_craters.py", "--split", "report", *(["--n", "3"] if args.quick else [])],
+        # under other suns: each scene its own; the sun of a date, its elevation from the
+        # date and the tree azimuth; one-band imagery, the azimuth from building shadows
+        [
+            "eval_craters.py",
+            "--split",
+            "suns",
+            "--paired-only",
+            *(["--n", "3"] if args.quick else []),
+        ],
+        [
+            "eval_craters.py",
+            *("--split dated --paired-only --sun estimate-dated".split()),
+            *(["--n", "3"] if args.quick else []),
+        ],
+        [
+            "eval_craters.py",
+            *("--split suns --paired-only --sun buildings".split()),
+            *(["--n", "3"] if args.quick else []),
+        ],
         ["eval_damage.py", "--split", "report", *(["--n", "3"] if args.quick else [])],
         [
             "bench_pipeline.py",
