@@ -269,7 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("before", type=Path, help="the before raster (GeoTIFF/COG/JPEG 2000)")
     p.add_argument("after", type=Path, help="the after raster")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--footprints", type=Path, help="building footprints (GeoJSON/GeoPackage)")
+    p.add_argument(
+        "--footprints",
+        type=Path,
+        help="building footprints (GeoJSON/GeoPackage): damage per building, and the sun "
+        "azimuth from their shadows where no tree shows it (one-band imagery)",
+    )
     p.add_argument("--facilities", type=Path, help="facility list (GeoJSON/GeoPackage/CSV lon,lat)")
     _add_config_args(p)
     p.add_argument(
