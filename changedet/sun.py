@@ -414,6 +414,27 @@ def _crowns(rgb: np.ndarray, greenness: float) -> np.ndarray:
     return ndi.binary_opening(mask, structure=np.ones((2, 2), bool))
 
 
+def _lowest_direction(profile: np.ndarray, k: int) -> tuple[int, float, np.ndarray]:
+    """The lowest direction of a profile every 5° from north: its index, its angle refined by
+    a parabola through it and its neighbours, and the profile smoothed (circularly) over
+    ``±5 k`` degrees, where the lowest is found.
+
+    Examples
+    --------
+    >>> profile = np.cos(np.radians(np.arange(0.0, 360.0, 5.0) - 92.0))
+    >>> i, angle, _ = _lowest_direction(profile, 2)
+    >>> i, round(angle, 1)
+    (54, 272.0)
+    """
+    padded = np.r_[profile[-k:], profile, profile[:k]]
+    smooth = np.convolve(padded, np.ones(2 * k + 1) / (2 * k + 1), "valid")
+    j = int(np.argmin(smooth))
+    a, b, c = smooth[j - 1], smooth[j], smooth[(j + 1) % smooth.size]
+    denom = a - 2 * b + c
+    frac = 0.5 * (a - c) / denom if denom > 0 else 0.0
+    return j, (5.0 * j + 5.0 * float(np.clip(frac, -1, 1))) % 360, smooth
+
+
 def estimate_sun_azimuth(
     image: xr.DataArray,
     *,
@@ -504,16 +525,8 @@ def estimate_sun_azimuth(
         return None, detail
     prof = sums / weights  # median ground brightness by (distance, direction)
     z = (prof - prof.mean(axis=1, keepdims=True)) / (prof.std(axis=1, keepdims=True) + 1e-12)
-    mean = z.mean(axis=0)
-    # smooth over +-10 degrees (circular), then refine the darkest direction by a parabola
-    k = 2
-    padded = np.r_[mean[-k:], mean, mean[:k]]
-    smooth = np.convolve(padded, np.ones(2 * k + 1) / (2 * k + 1), "valid")
-    j = int(np.argmin(smooth))
-    a, b, c = smooth[j - 1], smooth[j], smooth[(j + 1) % smooth.size]
-    denom = a - 2 * b + c
-    frac = 0.5 * (a - c) / denom if denom > 0 else 0.0
-    dark_dir = (thetas[j] + 5.0 * float(np.clip(frac, -1, 1))) % 360
+    # the darkest direction, smoothed over +-10 degrees
+    j, dark_dir, _ = _lowest_direction(z.mean(axis=0), 2)
     opposite = (j + thetas.size // 2) % thetas.size
     contrast = float(np.median(1 - prof[:, j] / prof[:, opposite]))
     detail["shadow_contrast"] = round(contrast, 4)
@@ -638,16 +651,9 @@ def estimate_sun_azimuth_from_footprints(
         detail["reason"] = f"{n} footprints with a shadow and ground all round (20 needed)"
         return None, detail
     prof = np.median(run[keep] / longest[keep, None], axis=0)
-    smooth = np.array(
-        [np.take(prof, range(i - 3, i + 4), mode="wrap").mean() for i in range(th.size)]
-    )
-    i = int(np.argmax(smooth))
-    # the peak between its neighbours (a parabola through three points)
-    a, b, c3 = smooth[i - 1], smooth[i], smooth[(i + 1) % th.size]
-    den = a - 2 * b + c3
-    shift = 0.5 * (a - c3) / den if den < 0 else 0.0
-    shadow_deg = (math.degrees(th[i]) + 5.0 * shift) % 360.0
-    contrast = float(b - smooth[(i + th.size // 2) % th.size])
+    # the direction of the longest shadows, smoothed over +-15 degrees
+    i, shadow_deg, smooth = _lowest_direction(-prof, 3)
+    contrast = float(smooth[(i + th.size // 2) % th.size] - smooth[i])
     detail["shadow_contrast"] = round(contrast, 3)
     if contrast < p.min_shadow_contrast:
         detail["reason"] = f"shadow contrast {contrast:.2f} below {p.min_shadow_contrast}"
