@@ -13,8 +13,10 @@ sun (azimuth 160°, elevation 42°); ``suns`` = seeds 800-839 gives each scene i
 (:func:`sun_for`: azimuth 0-360°, elevation 25-70°), to see what that one sun hides; ``dated``
 = seeds 900-939 gives each scene the sun of a date and a time of day at its latitude
 (:func:`dated_sun`), for ``--sun estimate-dated``: the azimuth from tree shadows, the elevation
-bounded by that day's path of the sun (what the pipeline does with an acquisition date). Sites
-are cached under ``benchmarks/_work/`` (git-ignored).
+bounded by that day's path of the sun (what the pipeline does with an acquisition date);
+``dense`` = seeds 700-719 are crater fields (:data:`DENSE_CRATERS_KM2` craters per km², about
+44 a scene against 6, under the shared sun), where bowls lie amid other craters' debris and
+rubble. Sites are cached under ``benchmarks/_work/`` (git-ignored).
 
 Truth craters smaller than the detector judges (under 5 px across: 2.5 m at 0.5 m) are counted as misses;
 recall for craters of at least 2 m is reported separately.
@@ -52,7 +54,12 @@ SPLITS = {
     "report": list(range(100, 120)),
     "suns": list(range(800, 840)),
     "dated": list(range(900, 940)),
+    "dense": list(range(700, 720)),
 }
+#: Seeds of crater fields (:data:`DENSE_CRATERS_KM2` craters per km², the shared sun).
+FIRST_DENSE_SEED = 700
+#: Crater density of the ``dense`` split, per km² (default scenes: 40).
+DENSE_CRATERS_KM2 = 300.0
 #: Seeds from which each scene gets its own sun (:func:`sun_for`).
 FIRST_SUN_SEED = 800
 #: Seeds from which the sun is that of a date and time of day (:func:`dated_sun`).
@@ -128,9 +135,14 @@ def site_for(seed: int, gsd_m: float = 0.5) -> Path:
 
     suffix = "" if gsd_m == 0.5 else f"_{gsd_m:g}m"
     sun = sun_for(seed)
-    out = WORK / f"site_{seed:04d}_{SIZE_PX}{suffix}{'' if sun is None else '_sun'}"
+    dense = FIRST_DENSE_SEED <= seed < FIRST_SUN_SEED
+    out = WORK / (
+        f"site_{seed:04d}_{SIZE_PX}{suffix}{'' if sun is None else '_sun'}{'_dense' * dense}"
+    )
     if not (out / "truth" / "scene.json").is_file():
-        extra = {} if sun is None else {"sun_after": sun}
+        extra: dict[str, Any] = {} if sun is None else {"sun_after": sun}
+        if dense:
+            extra["crater_density_km2"] = DENSE_CRATERS_KM2
         settings = SceneSettings(seed=seed, size_px=SIZE_PX, gsd_m=gsd_m, **extra)
         generate_site(out, settings, workers=1)
     return out

@@ -7,7 +7,8 @@ The scripts, in order (each skips what it cannot run, with the reason):
 * ``eval_craters.py --split report`` — crater detection on the held-out synthetic seeds;
   then under other suns: ``--split suns`` (each scene its own sun), ``--split dated --sun
   estimate-dated`` (the sun of a date: azimuth from tree shadows, elevation bounded by the
-  date) and ``--split suns --sun buildings`` (one-band imagery: azimuth from building shadows);
+  date), ``--split suns --sun buildings`` (one-band imagery: azimuth from building shadows)
+  and ``--split dense`` (crater fields: 300 craters per km², their debris strewn around);
 * ``eval_damage.py --split report`` — building damage on the held-out synthetic seeds;
 * ``bench_pipeline.py`` — the whole pipeline on 2048² to 16384² pairs (32768² with ``--large``)
   against a naive baseline and AROSICS, time and peak memory per size, in fresh subprocesses.
@@ -59,6 +60,14 @@ def main() -> int:
         [
             "eval_craters.py",
             *("--split suns --paired-only --sun buildings".split()),
+            *(["--n", "3"] if args.quick else []),
+        ],
+        # a crater field: bowls amid other craters' debris
+        [
+            "eval_craters.py",
+            "--split",
+            "dense",
+            "--paired-only",
             *(["--n", "3"] if args.quick else []),
         ],
         ["eval_damage.py", "--split", "report", *(["--n", "3"] if args.quick else [])],
