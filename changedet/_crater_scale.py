@@ -150,8 +150,19 @@ def local_stats(
     return mean, sq - mean * mean
 
 
+#: Least share of a blob's LoG response left in ``texture`` for it to be judged against that
+#: map: a dark bowl stays dark once bright specks are opened away, a gap among specks does not
+#: (0.3-0.7 gave the same craters on the dev and dense splits).
+_TEXTURE_RESPONSE_SHARE = 0.5
+
+
 def find_candidates(
-    lum: np.ndarray, scales: Scales, min_response: float, min_prominence: float
+    lum: np.ndarray,
+    scales: Scales,
+    min_response: float,
+    min_prominence: float,
+    texture: np.ndarray | None = None,
+    texture_min_radius_px: float = 0.0,
 ) -> np.ndarray:
     """Dark-blob candidates of one tile.
 
@@ -169,6 +180,13 @@ def find_candidates(
         window of ``2 r`` or, for ``r >= 3`` px, of ``r`` (cut at ``2.5 r``: its own rim and
         ejecta apron), the smaller of the two: a blob must stand out from the texture around
         it, and a building or shadow in only one of the windows does not hide it.
+    texture
+        Optional ``(y, x)`` map like ``lum`` (``lum`` with bright specks opened away): a blob of
+        radius ``texture_min_radius_px`` or more that fails the prominence test passes it when
+        it stands out from this map's texture instead, provided this map keeps at least half
+        of its response (a dark bowl stays dark without the specks; a gap among them does not).
+    texture_min_radius_px
+        Least radius, px, of the blobs judged against ``texture``.
 
     Returns
     -------
@@ -178,11 +196,16 @@ def find_candidates(
         non-maximum suppression across scales: a candidate is dropped when a stronger one lies
         within half the larger of the two radii. Candidates of the ``scales.n_below`` levels
         added below the pyramid are suppressed among themselves, and dropped within half a
-        radius of a stronger other one (a weaker one near it stays too: both are measured).
+        radius of a stronger other one (a weaker one near it stays too: both are measured);
+        so are those that pass against ``texture`` only, after all others: a wide dark patch
+        (rubble) that stands out only once its bright specks are gone does not suppress a
+        crater within it.
     """
     rows: list[np.ndarray] = []
     below: list[np.ndarray] = []
+    extra: list[np.ndarray] = []  # prominent against ``texture`` only
     cache: dict[int, np.ndarray] = {}
+    tex_cache: dict[int, np.ndarray] = {}
     for k, (r, f) in enumerate(zip(scales.radii_px, scales.factors, strict=True)):
         if f not in cache:
             cache[f] = block_mean(lum, f).astype(np.float32)
@@ -195,48 +218,90 @@ def find_candidates(
         iy, ix = np.nonzero((resp == peak) & (resp >= min_response))
         if len(iy) == 0:
             continue
-        # texture of the wider neighbourhood (σ = 2 r) or, where that fails, of the crater's
-        # own surroundings (σ = r, cut at 2.5 r: bowl, rim and ejecta apron): the calmer one
-        # decides, so a building, edge or shadow beyond the apron does not hide a crater, nor
-        # one at its rim. Not for blobs under 3 px, whose bowl the texture and roundness tests
-        # (which reject the clutter this lets through) cannot judge.
-        mean, var = local_stats(small, iy, ix, 2 * r / f)
-        ok = resp[iy, ix] >= min_prominence * (np.sqrt(np.maximum(var, 0.0)) + 0.005)
-        near = np.nonzero(~ok)[0] if r >= _MIN_NEAR_RADIUS_PX else np.empty(0, np.int64)
-        _, var_near = local_stats(small, iy[near], ix[near], r / f)
-        ok[near] = resp[iy[near], ix[near]] >= min_prominence * (
-            np.sqrt(np.maximum(var_near, 0.0)) + 0.005
-        )
-        iy, ix, local_mean = iy[ok], ix[ok], mean[ok]
-        if len(iy) == 0:
-            continue
-        out = np.empty((len(iy), 5))
-        out[:, 0] = iy * f + (f - 1) / 2.0
-        out[:, 1] = ix * f + (f - 1) / 2.0
-        out[:, 2] = r
-        out[:, 3] = resp[iy, ix]
-        out[:, 4] = local_mean
-        (below if k < scales.n_below else rows).append(out)
+        ok, mean = _prominent(small, resp, iy, ix, r, f, min_prominence)
+        by_texture = np.zeros(len(iy), bool)
+        if texture is not None and r >= texture_min_radius_px and not ok.all():
+            if f not in tex_cache:
+                tex_cache[f] = block_mean(texture, f).astype(np.float32)
+            tex = tex_cache[f]
+            rest = np.nonzero(~ok)[0]
+            # still a dark blob without the specks (a gap among bright specks is not), and
+            # standing out from the texture that is left
+            resp_t = sigma_d**2 * ndimage.gaussian_laplace(tex, sigma_d, truncate=TRUNCATE)
+            dark = resp_t[iy[rest], ix[rest]] >= _TEXTURE_RESPONSE_SHARE * resp[iy[rest], ix[rest]]
+            rest = rest[dark]
+            by_texture[rest] = _prominent(tex, resp, iy[rest], ix[rest], r, f, min_prominence)[0]
+        for keep, into in ((ok, below if k < scales.n_below else rows), (by_texture, extra)):
+            if not keep.any():
+                continue
+            out = np.empty((int(keep.sum()), 5))
+            out[:, 0] = iy[keep] * f + (f - 1) / 2.0
+            out[:, 1] = ix[keep] * f + (f - 1) / 2.0
+            out[:, 2] = r
+            out[:, 3] = resp[iy[keep], ix[keep]]
+            out[:, 4] = mean[keep]
+            into.append(out)
     cand = np.concatenate(rows) if rows else np.empty((0, 5))
     cand = suppress(cand[:, :2], cand[:, 2], cand[:, 3], factor=0.5, rows=cand)
-    if not below:
-        return cand
-    small = np.concatenate(below)
-    small = suppress(small[:, :2], small[:, 2], small[:, 3], factor=0.5, rows=small)
-    if len(cand) and len(small):
-        from scipy.spatial import cKDTree
+    for more in (below, extra):
+        if not more:
+            continue
+        # suppressed among themselves; dropped within half a radius of a stronger one above
+        # (a weaker one above near it stays: both are measured)
+        add = np.concatenate(more)
+        add = suppress(add[:, :2], add[:, 2], add[:, 3], factor=0.5, rows=add)
+        cand = np.concatenate([cand, add[~_near_stronger(add, cand)]])
+    return cand
 
-        near = cKDTree(cand[:, :2]).query_ball_point(small[:, :2], 0.5 * float(cand[:, 2].max()))
-        gone = [
+
+def _prominent(
+    img: np.ndarray,
+    resp: np.ndarray,
+    iy: np.ndarray,
+    ix: np.ndarray,
+    r: float,
+    f: int,
+    min_prominence: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which LoG peaks ``(iy, ix)`` of one level stand out from the texture of ``img``, and the
+    mean of ``img`` around each (σ = 2 r).
+
+    The texture of the wider neighbourhood (σ = 2 r) or, where that fails, of the crater's own
+    surroundings (σ = r, cut at 2.5 r: bowl, rim and ejecta apron): the calmer one decides, so
+    a building, edge or shadow beyond the apron does not hide a crater, nor one at its rim. Not
+    for blobs under 3 px, whose bowl the texture and roundness tests (which reject the clutter
+    this lets through) cannot judge.
+    """
+    mean, var = local_stats(img, iy, ix, 2 * r / f)
+    ok = resp[iy, ix] >= min_prominence * (np.sqrt(np.maximum(var, 0.0)) + 0.005)
+    near = np.nonzero(~ok)[0] if r >= _MIN_NEAR_RADIUS_PX else np.empty(0, np.int64)
+    _, var_near = local_stats(img, iy[near], ix[near], r / f)
+    ok[near] = resp[iy[near], ix[near]] >= min_prominence * (
+        np.sqrt(np.maximum(var_near, 0.0)) + 0.005
+    )
+    return ok, mean
+
+
+def _near_stronger(add: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Which rows of ``add`` lie within half the larger radius of a stronger row of ``cand``."""
+    if len(add) == 0 or len(cand) == 0:
+        return np.zeros(len(add), bool)
+    from scipy.spatial import cKDTree
+
+    near = cKDTree(cand[:, :2]).query_ball_point(
+        add[:, :2], 0.5 * max(float(cand[:, 2].max()), float(add[:, 2].max()))
+    )
+    return np.array(
+        [
             any(
-                cand[j, 3] >= small[i, 3]
-                and math.hypot(*(small[i, :2] - cand[j, :2])) < 0.5 * max(small[i, 2], cand[j, 2])
+                cand[j, 3] >= add[i, 3]
+                and math.hypot(*(add[i, :2] - cand[j, :2])) < 0.5 * max(add[i, 2], cand[j, 2])
                 for j in js
             )
             for i, js in enumerate(near)
-        ]
-        small = small[~np.array(gone, bool)]
-    return np.concatenate([cand, small])
+        ],
+        bool,
+    )
 
 
 def suppress(

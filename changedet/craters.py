@@ -9,7 +9,9 @@ How a crater looks in 0.3–1 m imagery, and the measurement that tests each tra
   the ring's brightness; ``snr``, the same over the background's standard deviation, is
   reported only: in built-up areas that deviation measures streets and roofs, not noise);
   blobs must stand out from the texture around them, within ~2.5 or ~5 radii, whichever is
-  calmer (``min_prominence``);
+  calmer (``min_prominence``); bright debris specks (ejecta blocks, fragments in rubble) do
+  not count as texture around a bowl of 4 m or more that stays dark without them
+  (``debris_width_m``);
 * **round, enclosed by a bright rim** — the dark-to-bright rim edge is found along 32 rays; a
   least-squares circle through the edges gives the centre, and the steepest dark-to-bright
   rise of the azimuthally averaged profile (corrected for blur) gives the radius
@@ -111,6 +113,7 @@ import numpy as np
 import pandas as pd
 import shapely
 import xarray as xr
+from scipy import ndimage
 
 from changedet._crater_measure import (
     WINDOW_RADII,
@@ -205,6 +208,18 @@ class CraterParams:
         (cut at 2.5 radii: bowl, rim and ejecta apron), whichever is smaller: the dark blob must stand out from the texture
         around it, and a building, edge or shadow that reaches only one of the two windows
         does not make a crater "not prominent".
+    debris_width_m
+        Bright specks narrower than this (ejecta blocks and the debris a crater field strews
+        over the ground, bright fragments in rubble) are not texture a crater of at least
+        ``debris_min_diameter_m`` must stand out from: for those, the prominence test reads the
+        luminance after a grey-scale opening with the widest odd square of pixels not wider
+        than this (none where that is a single pixel). A dark bowl is wider than the square and
+        keeps its darkness; the debris around it no longer hides it. 0 turns it off.
+    debris_min_diameter_m
+        Least diameter of the blobs judged against the opened luminance. Smaller ones are
+        judged against the luminance itself: at their size, bright specks are no longer
+        clutter around a blob but parts of one object (a car's bonnet and roof on either side
+        of its dark windscreen).
     contrast_ramp
         Ring-minus-interior darkness (share of the scene range). A fresh crater is typically
         0.1–0.4 of the range darker than its ejecta.
@@ -380,6 +395,8 @@ class CraterParams:
     scales_per_octave: int = 3
     min_response: float = 0.015
     min_prominence: float = 1.1
+    debris_width_m: float = 1.5
+    debris_min_diameter_m: float = 4.0
     contrast_ramp: tuple[float, float] = (0.03, 0.10)
     weber_ramp: tuple[float, float] = (0.08, 0.25)
     enclosure_ramp: tuple[float, float] = (0.0, 0.4)
@@ -435,6 +452,10 @@ class CraterParams:
             )
         if not 0 <= self.score_threshold <= 1 or not 0 <= self.ejecta_weight <= 1:
             raise ValueError("CraterParams: score_threshold and ejecta_weight must lie in [0, 1]")
+        if self.debris_width_m < 0 or self.debris_min_diameter_m < 0:
+            raise ValueError(
+                "CraterParams: debris_width_m and debris_min_diameter_m must be >= 0 (metres)"
+            )
         if self.scales_per_octave < 1 or self.tile_px < 64:
             raise ValueError("CraterParams: scales_per_octave >= 1 and tile_px >= 64 required")
 
@@ -643,6 +664,8 @@ def _detect_tile(
     geo: tuple[float, float, float, float] = (0.0, 1.0, 0.0, -1.0),
     calibrate: bool = False,
     find_sun: bool = False,
+    opening_px: int = 0,
+    gsd_px_m: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Detections of one tile whose centre lies in its core; global integer pixel + offsets.
 
@@ -658,7 +681,18 @@ def _detect_tile(
     lo, rng_, med = stats_a
     lum = (np.asarray(after_l, np.float64) - lo) / rng_
     filled = np.where(np.isfinite(lum), lum, (med - lo) / rng_)
-    cand = find_candidates(filled, scales, params.min_response, params.min_prominence)
+    opened = None
+    if opening_px > 1:
+        opened = ndimage.grey_opening(filled, size=(opening_px, opening_px), mode="reflect")
+    cand = find_candidates(
+        filled,
+        scales,
+        params.min_response,
+        params.min_prominence,
+        opened,
+        params.debris_min_diameter_m / 2 / gsd_px_m,
+    )
+    del opened
     # candidates that can end (after refinement) in the core or next to it
     y0, y1, x0, x1 = core
     gy, gx = cand[:, 0] + r0g, cand[:, 1] + c0g
@@ -1194,7 +1228,9 @@ def detect_craters(
         TRUNCATE * scales.max_sigma_px + 2 * scales.max_factor,
         LOCAL_TRUNCATE * d_max_px + 2 * scales.max_factor,
     )
-    halo = math.ceil(reach + need)
+    # the debris opening's square (odd, at most debris_width_m): its half-width widens the halo
+    opening_px = 2 * max(0, math.floor((params.debris_width_m / gsd - 1) / 2)) + 1
+    halo = math.ceil(reach + need) + opening_px // 2
 
     stats_a = _range_stats(after_l)
     stats_b = _range_stats(before_l) if before_l is not None else None
@@ -1241,6 +1277,8 @@ def detect_craters(
             and before_l is not None
         ),
         "find_sun": bool(params.azimuth_from_craters and sun_px is None and before_l is not None),
+        "opening_px": opening_px,
+        "gsd_px_m": gsd,
     }
     tasks = []
     readers = _file_readers(after, before, change_map) if lazy else None

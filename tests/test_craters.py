@@ -410,6 +410,8 @@ def test_detect_craters__bad_input_raises() -> None:
     a = raster(render((64, 64), seed=1), 3)
     with pytest.raises(ValueError, match="min_diameter_m < max_diameter_m"):
         CraterParams(min_diameter_m=20.0, max_diameter_m=2.0)
+    with pytest.raises(ValueError, match="debris_width_m"):
+        CraterParams(debris_width_m=-1.0)
     with pytest.raises(BandMismatchError, match="has 1 bands, after has 3"):
         detect_craters(a, raster(render((64, 64), seed=1), 1))
     with pytest.raises(ChangedetError, match="one grid"):
@@ -805,6 +807,39 @@ def test_find_candidates__levels_added_below_leave_the_others_as_they_were() -> 
     assert len(added) and (added[:, 2] < 2.5).all()
     # the 2 m crater (2 px radius) is among the added candidates
     assert (np.hypot(added[:, 0] - 50, added[:, 1] - 50) < 1.5).any()
+
+
+def test_find_candidates__a_bowl_amid_bright_debris_stands_out_once_the_specks_are_gone() -> None:
+    # a dark bowl (8 px radius) beside a building's dark shadow, the ground around strewn with
+    # bright 1-px debris: the specks and the shadow together make the texture around the bowl
+    # as strong as the bowl itself; with the specks opened away only the shadow is left
+    from changedet._crater_scale import find_candidates, make_scales
+
+    scales = make_scales(2.0, 20.0, 3)
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:128, 0:128]
+    rho = np.hypot(yy - 64, xx - 64) / 8.0
+    ground = 0.5 + 0.01 * rng.normal(size=(128, 128))
+    ground[:, 77:] = 0.2  # the shadow, from 1.6 radii east of the centre
+    specks = (rng.random((128, 128)) < 0.2) & (rho > 1.15) & (rho < 3)
+    lum = ground - np.where(rho < 1, 0.15 * (1 - rho**2), 0.0) + 0.8 * specks
+    opened = ndimage.grey_opening(lum, size=(3, 3), mode="reflect")
+
+    def at_bowl(cand: np.ndarray) -> int:
+        return int((np.hypot(cand[:, 0] - 64, cand[:, 1] - 64) < 3).sum())
+
+    assert at_bowl(find_candidates(lum, scales, 0.015, 1.1)) == 0
+    assert at_bowl(find_candidates(lum, scales, 0.015, 1.1, opened, 4.0)) == 1
+    # only blobs of at least texture_min_radius_px are judged against the opened map
+    assert at_bowl(find_candidates(lum, scales, 0.015, 1.1, opened, 9.0)) == 0
+    # the same debris without the bowl: the gaps among the specks are no darker than the
+    # ground once the specks are gone, and pass no more than they did
+    field = ground + 0.8 * ((rng.random((128, 128)) < 0.2) & (xx < 77))
+    plain = find_candidates(field, scales, 0.015, 1.1)
+    np.testing.assert_array_equal(
+        find_candidates(field, scales, 0.015, 1.1, ndimage.grey_opening(field, size=(3, 3)), 4.0),
+        plain,
+    )
 
 
 def test_local_stats__equals_gaussian_filter_at_the_points() -> None:
