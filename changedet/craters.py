@@ -211,10 +211,12 @@ class CraterParams:
     debris_width_m
         Bright specks narrower than this (ejecta blocks and the debris a crater field strews
         over the ground, bright fragments in rubble) are not texture a crater of at least
-        ``debris_min_diameter_m`` must stand out from: for those, the prominence test reads the
-        luminance after a grey-scale opening with the widest odd square of pixels not wider
-        than this (none where that is a single pixel). A dark bowl is wider than the square and
-        keeps its darkness; the debris around it no longer hides it. 0 turns it off.
+        ``debris_min_diameter_m`` must stand out from. The luminance is also opened (grey-scale
+        opening with the widest odd square of pixels not wider than this; none where that is a
+        single pixel), which takes such specks out and keeps dark features. A blob that fails
+        the ``min_prominence`` test passes it when it stands out from the opened luminance's
+        texture and keeps at least half its LoG response there: a dark bowl stays dark
+        without the specks, a gap among them does not. 0 turns it off.
     debris_min_diameter_m
         Least diameter of the blobs judged against the opened luminance. Smaller ones are
         judged against the luminance itself: at their size, bright specks are no longer
