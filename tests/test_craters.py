@@ -842,6 +842,38 @@ def test_find_candidates__a_bowl_amid_bright_debris_stands_out_once_the_specks_a
     )
 
 
+def test_detect_craters__bright_debris_beside_a_shadow_does_not_hide_a_crater() -> None:
+    # a 6 m crater, a building's shadow from 1.3 radii east, the sunlit ground around strewn
+    # with bright debris of 0.5 m (a fifth of it, within 3 radii): found with the debris rule,
+    # not without it; the same on Dask chunks whose seams cross the bowl
+    d = 6.0
+    yy, xx = np.mgrid[0:128, 0:128]
+    rho = np.hypot(yy - 64, xx - 64) / (d / 2 / GSD)
+    after = render((128, 128), craters=[(64.0, 64.0, d)], seed=2)
+    before = render((128, 128), seed=2)
+    shadow = xx >= 64 + 1.3 * d / 2 / GSD
+    after[shadow] *= 0.3
+    before[shadow] *= 0.3
+    debris = (np.random.default_rng(1).random((128, 128)) < 0.2) & (rho > 1.15) & (rho < 3)
+    after[debris & ~shadow] = np.minimum(after[debris & ~shadow] * 2.5, 255)
+    sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
+    truth = [(64.0, 64.0, d)]
+    off = detect_craters(
+        raster(after), raster(before), params=CraterParams(debris_width_m=0), **sun
+    )
+    assert match(off, truth) == [None]
+    found = detect_craters(raster(after), raster(before), **sun)
+    assert match(found, truth) == [0] and len(found) == 1 and found.new[0]
+    assert found.diameter_m[0] == pytest.approx(d, rel=0.15)
+    chunked = detect_craters(
+        raster(after).chunk({"x": 32, "y": 32}),
+        raster(before).chunk({"x": 32, "y": 32}),
+        params=CraterParams(tile_px=64),  # four tiles, their corner at the crater's centre
+        **sun,
+    )
+    pd_testing.assert_frame_equal(_frame(chunked), _frame(found))
+
+
 def test_local_stats__equals_gaussian_filter_at_the_points() -> None:
     from changedet._crater_scale import LOCAL_TRUNCATE, local_stats
 
