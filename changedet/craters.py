@@ -667,7 +667,7 @@ def _detect_tile(
     calibrate: bool = False,
     find_sun: bool = False,
     opening_px: int = 0,
-    gsd_px_m: float = 1.0,
+    debris_min_radius_px: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Detections of one tile whose centre lies in its core; global integer pixel + offsets.
 
@@ -675,7 +675,9 @@ def _detect_tile(
     shading calibration of :func:`detect_craters` reads it), and each record carries
     ``_isolated`` and ``_shading_part`` (the shading factor in its score, NaN where none was
     applied). With ``find_sun`` (no sun), the same isolation test, and the records of isolated
-    bowls of 5 px and more carry ``_grad_x`` and ``_grad_y`` (:func:`bowl_gradient`).
+    bowls of 5 px and more carry ``_grad_x`` and ``_grad_y`` (:func:`bowl_gradient`). With
+    ``opening_px`` over 1, blobs of ``debris_min_radius_px`` and more may also stand out from
+    the luminance opened with that square (``CraterParams.debris_width_m``).
     """
     from changedet._crater_scale import find_candidates
 
@@ -692,7 +694,7 @@ def _detect_tile(
         params.min_response,
         params.min_prominence,
         opened,
-        params.debris_min_diameter_m / 2 / gsd_px_m,
+        debris_min_radius_px,
     )
     del opened
     # candidates that can end (after refinement) in the core or next to it
@@ -1280,7 +1282,7 @@ def detect_craters(
         ),
         "find_sun": bool(params.azimuth_from_craters and sun_px is None and before_l is not None),
         "opening_px": opening_px,
-        "gsd_px_m": gsd,
+        "debris_min_radius_px": params.debris_min_diameter_m / 2 / gsd,
     }
     tasks = []
     readers = _file_readers(after, before, change_map) if lazy else None
