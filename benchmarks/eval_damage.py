@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split", choices=sorted(SPLITS), default="tune")
     ap.add_argument("--seeds", type=int, nargs="*", help="override the split's seeds")
+    ap.add_argument("--n", type=int, default=None, help="only the first N seeds of the split")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--verbose", action="store_true", help="list every wrong building")
     ap.add_argument("--json", type=Path, help="write the per-site results here")
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     global BASELINE
     BASELINE = args.baseline
-    seeds = args.seeds if args.seeds else SPLITS[args.split]
+    seeds = (args.seeds if args.seeds else SPLITS[args.split])[: args.n]
     import dask
 
     dask.config.set(scheduler="threads", num_workers=1 if args.workers > 1 else None)
