@@ -686,7 +686,7 @@ def _detect_tile(
     lum = (np.asarray(after_l, np.float64) - lo) / rng_
     filled = np.where(np.isfinite(lum), lum, (med - lo) / rng_)
     opened = None
-    if opening_px > 1:
+    if opening_px > 1 and debris_min_radius_px <= max(scales.radii_px):  # else nothing reads it
         opened = ndimage.grey_opening(filled, size=(opening_px, opening_px), mode="reflect")
     cand = find_candidates(
         filled,
