@@ -437,6 +437,27 @@ def write_site(out: Path, s: Any, window_px: int = 512, workers: int = 1) -> Pat
 
     _write_geojson(out / "facilities.geojson", "facilities", fac_feats)
     n_foot = _write_geojson(out / "footprints.geojson", "footprints", building_features(False))
+    rd = lay.roads
+    rd_in = np.nonzero(
+        (np.maximum(rd["u0"], rd["u1"]) > -rd["w"])
+        & (np.minimum(rd["u0"], rd["u1"]) < sw + rd["w"])
+        & (np.maximum(rd["v0"], rd["v1"]) > -rd["w"])
+        & (np.minimum(rd["v0"], rd["v1"]) < sh + rd["w"])
+    )[0]
+    road_feats = [
+        _feature(
+            {
+                "type": "LineString",
+                "coordinates": ll([rd["u0"][k], rd["u1"][k]], [rd["v0"][k], rd["v1"][k]]),
+            },
+            {
+                "width_m": round(float(rd["w"][k]), 2),
+                "surface": "unpaved" if rd["kind"][k] else "asphalt",
+            },
+        )
+        for k in rd_in
+    ]
+    _write_geojson(out / "roads.geojson", "roads", road_feats)
     _write_geojson(out / "truth" / "craters.geojson", "craters", crater_feats)
     _write_geojson(out / "truth" / "damage.geojson", "damage", building_features(True))
     mis = {

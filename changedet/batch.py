@@ -10,13 +10,14 @@ Finding pairs
 with the reason (a lone ``before.tif``, an unreadable CSV row, a duplicate id...):
 
 1. **site folders**: ``TILE_DIR/<id>/before.tif`` + ``after.tif``, with optional
-   ``footprints.geojson``, ``facilities.geojson`` and ``truth/scene.json`` (a synthetic site:
-   its after-image sun angles are used, as in ``changedet demo``);
+   ``footprints.geojson``, ``facilities.geojson``, ``roads.geojson`` and ``truth/scene.json``
+   (a synthetic site: its after-image sun angles are used, as in ``changedet demo``);
 2. **suffixes**: ``TILE_DIR/<id>_pre.tif`` + ``<id>_post.tif`` (``.tif`` or ``.tiff``), with
-   optional ``<id>_footprints.geojson`` and ``<id>_facilities.geojson``;
+   optional ``<id>_footprints.geojson``, ``<id>_facilities.geojson`` and
+   ``<id>_roads.geojson``;
 3. **a CSV manifest** (``TILE_DIR`` is a ``.csv`` file): columns ``id``, ``before``, ``after``
-   and optionally ``footprints``, ``facilities``, ``sun_azimuth``, ``sun_elevation``; relative
-   paths are relative to the CSV's folder.
+   and optionally ``footprints``, ``facilities``, ``roads``, ``sun_azimuth``,
+   ``sun_elevation``; relative paths are relative to the CSV's folder.
 
 A tile id becomes a folder name, so it must be 1-128 characters of ``A-Z a-z 0-9 . _ -``, start
 with a letter or digit, and not be ``summary`` or ``inputs`` (:func:`check_tile_id`). An id that
@@ -168,6 +169,7 @@ class PairSpec:
     sun_azimuth_deg: float | None = None
     sun_elevation_deg: float | None = None
     source: str = ""
+    roads: Path | None = None
 
 
 @dataclass
@@ -300,6 +302,7 @@ def _discover_folder(tiles: Path) -> Discovery:
             if b.is_file() and a.is_file():
                 tile_id = check_tile_id(entry.name, f"{entry} (folder name)")
                 fp, fac = entry / "footprints.geojson", entry / "facilities.geojson"
+                rd = entry / "roads.geojson"
                 az, el = _sun_of_site(entry)
                 found.pairs.append(
                     PairSpec(
@@ -311,6 +314,7 @@ def _discover_folder(tiles: Path) -> Discovery:
                         az,
                         el,
                         source=f"{entry.name}/",
+                        roads=rd if rd.is_file() else None,
                     )
                 )
             elif b.is_file() or a.is_file():
@@ -345,6 +349,7 @@ def _discover_folder(tiles: Path) -> Discovery:
         before, after = (path, partner) if role == "pre" else (partner, path)
         tile_id = check_tile_id(base, f"{tiles / name} (file name)")
         fp, fac = tiles / f"{base}_footprints.geojson", tiles / f"{base}_facilities.geojson"
+        rd = tiles / f"{base}_roads.geojson"
         found.pairs.append(
             PairSpec(
                 tile_id,
@@ -353,6 +358,7 @@ def _discover_folder(tiles: Path) -> Discovery:
                 fp if fp.is_file() else None,
                 fac if fac.is_file() else None,
                 source=f"{before.name} + {after.name}",
+                roads=rd if rd.is_file() else None,
             )
         )
     return found
@@ -372,7 +378,7 @@ def _discover_csv(table: Path) -> Discovery:
             table,
             f"missing column(s) {', '.join(missing)}",
             "A pair CSV needs id, before, after (and optionally footprints, facilities, "
-            "sun_azimuth, sun_elevation).",
+            "roads, sun_azimuth, sun_elevation).",
         )
     base = table.parent
     for n, raw in enumerate(rows, start=2):  # row 1 is the header
@@ -392,7 +398,7 @@ def _discover_csv(table: Path) -> Discovery:
             for col, p in (("before", before), ("after", after))
             if p is None or not p.is_file()
         ]
-        extras = {c: path_of(c) for c in ("footprints", "facilities")}
+        extras = {c: path_of(c) for c in ("footprints", "facilities", "roads")}
         problems += [
             f"{c} {p} not found" for c, p in extras.items() if p is not None and not p.is_file()
         ]
@@ -408,7 +414,15 @@ def _discover_csv(table: Path) -> Discovery:
         assert before is not None and after is not None
         found.pairs.append(
             PairSpec(
-                tile_id, before, after, extras["footprints"], extras["facilities"], az, el, where
+                tile_id,
+                before,
+                after,
+                extras["footprints"],
+                extras["facilities"],
+                az,
+                el,
+                where,
+                roads=extras["roads"],
             )
         )
     return found
@@ -424,6 +438,7 @@ def _pair_inputs(spec: PairSpec) -> tuple[dict[str, Any], dict[str, Any]]:
         "after": spec.after,
         "footprints": spec.footprints,
         "facilities": spec.facilities,
+        "roads": spec.roads,
     }
     options = {"sun_azimuth_deg": spec.sun_azimuth_deg, "sun_elevation_deg": spec.sun_elevation_deg}
     return inputs, options
@@ -506,6 +521,7 @@ def _run_into_place(spec: PairSpec, out: Path, config: Config) -> None:
             out=staging,
             footprints=spec.footprints,
             facilities=spec.facilities,
+            roads=spec.roads,
             config=config,
             sun_azimuth_deg=spec.sun_azimuth_deg,
             sun_elevation_deg=spec.sun_elevation_deg,

@@ -107,6 +107,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         out=args.out,
         footprints=args.footprints,
         facilities=args.facilities,
+        roads=args.roads,
         config=cfg,  # type: ignore[arg-type]
         sun_azimuth_deg=args.sun_azimuth,
         sun_elevation_deg=args.sun_elevation,
@@ -276,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
         "azimuth from their shadows where no tree shows it (one-band imagery)",
     )
     p.add_argument("--facilities", type=Path, help="facility list (GeoJSON/GeoPackage/CSV lon,lat)")
+    p.add_argument(
+        "--roads",
+        type=Path,
+        help="roads (GeoJSON/GeoPackage centre lines or polygons, e.g. OpenStreetMap highways): "
+        "craters on them are labelled on=road; lines without a width_m/width attribute get "
+        "craters.road_width_m",
+    )
     _add_config_args(p)
     p.add_argument(
         "--sun-azimuth",
@@ -308,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tiles",
         type=Path,
         help="tile folder (<site>/before.tif + after.tif, or <id>_pre.tif + <id>_post.tif) "
-        "or a CSV with id,before,after[,footprints,facilities,sun_azimuth,sun_elevation]",
+        "or a CSV with id,before,after[,footprints,facilities,roads,sun_azimuth,sun_elevation]",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder (re-run to resume)")
     p.add_argument(

@@ -104,6 +104,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -381,6 +383,10 @@ class CraterParams:
         gap in that ejecta, and is dropped (0 turns the rule off).
     min_valid
         Least share of valid (non-NaN) pixels within 3 R of a detection.
+    road_width_m
+        Width, metres, given to road centre lines that carry no ``width_m`` or ``width``
+        attribute (most OpenStreetMap ways), when roads are given: a detection whose centre
+        lies on a road has ``on="road"``. 7 m is a two-lane street with its kerbs.
     tile_px
         Least tile size, px: in-memory arrays are cut into such tiles, Dask arrays into runs of
         whole chunks at least this long on each axis. Each tile is read with a halo of about
@@ -424,6 +430,7 @@ class CraterParams:
     isolated_min_enclosure: float = 0.75
     blanket_size_ratio: float = 3.0
     min_valid: float = 0.8
+    road_width_m: float = 7.0
     tile_px: int = 1024
 
     def __post_init__(self) -> None:
@@ -457,6 +464,10 @@ class CraterParams:
         if self.debris_width_m < 0 or self.debris_min_diameter_m < 0:
             raise ValueError(
                 "CraterParams: debris_width_m and debris_min_diameter_m must be >= 0 (metres)"
+            )
+        if not self.road_width_m > 0:
+            raise ValueError(
+                f"CraterParams: road_width_m must be > 0 metres, not {self.road_width_m}"
             )
         if self.scales_per_octave < 1 or self.tile_px < 64:
             raise ValueError("CraterParams: scales_per_octave >= 1 and tile_px >= 64 required")
@@ -1044,14 +1055,110 @@ def _footprints(footprints: Any, crs: Any) -> gpd.GeoSeries | None:
     return gpd.GeoSeries(fp.geometry.values, crs=crs)
 
 
-def _on_what(points: gpd.GeoSeries, geoms: gpd.GeoSeries | None) -> list[str]:
-    if geoms is None or len(points) == 0:
-        return ["ground"] * len(points)
-    hit = gpd.GeoDataFrame(geometry=points.reset_index(drop=True)).sjoin(
-        gpd.GeoDataFrame(geometry=geoms), how="left", predicate="within"
-    )
-    inside = hit.groupby(level=0)["index_right"].apply(lambda s: s.notna().any())
-    return ["building" if inside.get(i, False) else "ground" for i in range(len(points))]
+def _width_m(value: Any) -> float:
+    """A road width in metres from a ``width_m`` / ``width`` value ("7", "7.5 m", 7); NaN if none."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return math.nan
+    if isinstance(value, int | float | np.integer | np.floating):
+        w = float(value)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:m|metres|meters)?\s*", str(value))
+        w = float(m.group(1)) if m else math.nan
+    return w if w > 0 else math.nan
+
+
+def road_areas(
+    roads: gpd.GeoDataFrame | gpd.GeoSeries | str | os.PathLike[str],
+    crs: Any,
+    default_width_m: float = 7.0,
+) -> gpd.GeoSeries:
+    """The ground roads cover, as polygons in ``crs`` (projected, metres).
+
+    Road polygons are kept as they are; centre lines (as OpenStreetMap has them) are widened to
+    their ``width_m`` or ``width`` attribute (metres; OpenStreetMap's ``width`` tag), else to
+    ``default_width_m``, with round ends (so that ways meeting at an angle leave no gap).
+
+    Parameters
+    ----------
+    roads
+        GeoDataFrame, GeoSeries or a GeoJSON / GeoPackage path of (multi)line strings and/or
+        (multi)polygons.
+    crs
+        The scene's projected CRS.
+    default_width_m
+        Width of centre lines without a usable width attribute.
+
+    Raises
+    ------
+    ChangedetError
+        When there is no road, or a geometry is neither a line nor a polygon.
+
+    Examples
+    --------
+    >>> from shapely.geometry import LineString
+    >>> lines = gpd.GeoDataFrame({"width_m": [10.0, None]},
+    ...                          geometry=[LineString([(0, 0), (100, 0)]),
+    ...                                    LineString([(0, 50), (100, 50)])], crs=32637)
+    >>> [round(a) for a in road_areas(lines, "EPSG:32637", default_width_m=6).area]
+    [1078, 628]
+    """
+    from changedet.io import read_vector
+
+    name = str(roads) if isinstance(roads, str | os.PathLike) else "roads"
+    gdf = read_vector(roads) if isinstance(roads, str | os.PathLike) else roads
+    geoms = gdf.geometry if isinstance(gdf, gpd.GeoDataFrame) else gdf
+    if geoms.crs is None:
+        raise ChangedetError(
+            name, "roads have no CRS", "Set one (e.g. EPSG:4326 for OpenStreetMap)."
+        )
+    keep = geoms.notna() & ~geoms.is_empty
+    if not keep.any():
+        raise ChangedetError(name, "no road in the file", "Give road centre lines or polygons.")
+    kinds = set(geoms[keep].geom_type)
+    bad = kinds - {"LineString", "MultiLineString", "Polygon", "MultiPolygon"}
+    if bad:
+        raise ChangedetError(
+            name,
+            f"has {', '.join(sorted(bad))} geometries; roads must be lines or polygons",
+            "Give road centre lines (e.g. OpenStreetMap highway ways) or road polygons.",
+        )
+    geoms = geoms[keep].to_crs(crs)
+    widths = np.full(len(geoms), math.nan)
+    if isinstance(gdf, gpd.GeoDataFrame):
+        for col in ("width_m", "width"):
+            if col in gdf.columns:
+                got = np.array([_width_m(v) for v in gdf.loc[keep, col]])
+                widths = np.where(np.isfinite(widths), widths, got)
+    widths = np.where(np.isfinite(widths), widths, float(default_width_m))
+    lines = geoms.geom_type.isin(["LineString", "MultiLineString"]).to_numpy()
+    out = geoms.copy()
+    out[lines] = geoms[lines].buffer(widths[lines] / 2)  # round ends: ways join up
+    return gpd.GeoSeries(out.values, crs=crs)
+
+
+def _on_what(
+    points: gpd.GeoSeries, buildings: gpd.GeoSeries | None, roads: gpd.GeoSeries | None
+) -> list[str]:
+    """What each point lies on, as far as the layers given tell (see :func:`detect_craters`)."""
+
+    def within(geoms: gpd.GeoSeries | None) -> np.ndarray:
+        if geoms is None or len(points) == 0:
+            return np.zeros(len(points), bool)
+        hit = shapely.STRtree(geoms.values).query(points.values, predicate="within")[0]
+        out = np.zeros(len(points), bool)
+        out[hit] = True
+        return out
+
+    on_b, on_r = within(buildings), within(roads)
+    if buildings is not None and roads is not None:
+        rest = "open ground"
+    elif buildings is not None:
+        rest = "road or open ground"
+    elif roads is not None:
+        rest = "building or open ground"
+    else:
+        rest = "unknown"
+    return ["building" if b else "road" if r else rest for b, r in zip(on_b, on_r, strict=True)]
 
 
 def _empty(crs: Any) -> gpd.GeoDataFrame:
@@ -1095,6 +1202,7 @@ def detect_craters(
     sun_elevation_deg: float | None = None,
     footprints: gpd.GeoDataFrame | gpd.GeoSeries | str | None = None,
     gsd_m: float | None = None,
+    roads: gpd.GeoDataFrame | gpd.GeoSeries | str | None = None,
 ) -> gpd.GeoDataFrame:
     """Detect craters in the after image and tell which are new.
 
@@ -1123,10 +1231,14 @@ def detect_craters(
         one the scene's isolated craters show (``params.calibrate_shading``).
     footprints
         Building footprint polygons (GeoDataFrame, GeoSeries or a path); a detection whose
-        centre lies inside one has ``on="building"``, else ``"ground"``; with a before image,
-        one inside a roof that did not change around it is dropped (``roof_change_ramp``).
+        centre lies inside one has ``on="building"``; with a before image, one inside a roof
+        that did not change around it is dropped (``roof_change_ramp``).
     gsd_m
         Ground sample distance in metres; read from the raster's transform when omitted.
+    roads
+        Roads (GeoDataFrame, GeoSeries or a path): centre lines, widened as
+        :func:`road_areas` says, or polygons; a detection whose centre lies on one (and in no
+        footprint) has ``on="road"``.
 
     Returns
     -------
@@ -1143,7 +1255,11 @@ def detect_craters(
         in 3–5 R over the pair's no-change level, for bowls under 5 px; for larger ones tested
         for isolation (weakly shaded ones, or all under ``calibrate_shading``), the median of
         its means in 8 sectors; else NaN), ``change`` (mean change score in 1.5 R), ``new``,
-        ``newness_verified``, ``on``. Empty (same columns and CRS) when none. Its
+        ``newness_verified``, ``on`` (what the centre lies on, as far as the layers given
+        tell: ``"building"``, ``"road"``, ``"open ground"`` with footprints and roads; without
+        roads the last two read ``"road or open ground"``, without footprints
+        ``"building or open ground"``, with neither everything is ``"unknown"``). Empty (same
+        columns and CRS) when none. Its
         ``attrs["shading_calibration"]`` (None where none was tried: the elevation given, no
         azimuth or no before image; see ``CraterParams.calibrate_shading``) holds
         ``isolated_craters``, ``expected_dipole`` (the one used) and
@@ -1173,7 +1289,7 @@ def detect_craters(
     >>> before = np.full_like(after, 100.0)
     >>> found = detect_craters(make_raster(after[None]), make_raster(before[None]))
     >>> found.new[0], bool(found.newness_verified[0]), found.on[0]
-    (True, True, 'ground')
+    (True, True, 'unknown')
     """
     params = params or CraterParams()
     after_l = _luminance(after, str(after.name or "after"))
@@ -1260,6 +1376,7 @@ def detect_craters(
     dx = _axis_step(xs, gsd)
     dy = _axis_step(ys, -gsd)
     roofs = _footprints(footprints, crs)
+    road_geoms = None if roads is None else road_areas(roads, crs, params.road_width_m)
     ny, nx = after_l.shape
     lazy = not isinstance(after_l.data, np.ndarray)
     chunks = after_l.data.chunks if lazy else (None, None)
@@ -1360,7 +1477,8 @@ def detect_craters(
     recs["y"] = ys[0] + (recs["row"] + recs["dy"]) * dy
     recs["diameter_m"] = 2 * recs["radius_px"] * gsd
     recs = recs.sort_values(["y", "x"], kind="mergesort").reset_index(drop=True)
-    recs["on"] = _on_what(gpd.GeoSeries(gpd.points_from_xy(recs["x"], recs["y"]), crs=crs), roofs)
+    points = gpd.GeoSeries(gpd.points_from_xy(recs["x"], recs["y"]), crs=crs)
+    recs["on"] = _on_what(points, roofs, road_geoms)
     # a dark blob inside a roof whose surroundings did not change is no crater (a hole in or an
     # object on an intact roof: the damage stage judges roofs); unknown without a before image
     roof = (recs["on"] == "building") & np.isfinite(recs["surround_change"])

@@ -1,8 +1,8 @@
 """The main job run by ``make demo``: the pipeline on every site under a tile folder.
 
 A site is a folder holding ``before.tif`` and ``after.tif``, and optionally
-``footprints.geojson`` (building outlines), ``facilities.geojson`` (the listed facilities) and
-``truth/`` (ground truth of a synthetic site). For each site the demo runs
+``footprints.geojson`` (building outlines), ``facilities.geojson`` (the listed facilities),
+``roads.geojson`` (road centre lines) and ``truth/`` (ground truth of a synthetic site). For each site the demo runs
 :func:`changedet.pipeline.run_pair` into ``OUT/<site>/`` (figures, ``report.html``, manifest:
 the full output folder), prints one line per site and where its ``report.html`` is, and, when the
 site has ground truth, scores the run against it. A site folder that already holds an earlier
@@ -143,6 +143,7 @@ def run_demo(
         az, el = sun_after(site)
         footprints = site / "footprints.geojson"
         facilities = site / "facilities.geojson"
+        roads = site / "roads.geojson"
         cfg = Config().updated({"report": _synthetic_caption(site)})
         res = run_pair(
             site / "before.tif",
@@ -150,6 +151,7 @@ def run_demo(
             out=site_out,
             footprints=footprints if footprints.is_file() else None,
             facilities=facilities if facilities.is_file() else None,
+            roads=roads if roads.is_file() else None,
             config=cfg,
             sun_azimuth_deg=az,
             sun_elevation_deg=el,

@@ -176,7 +176,10 @@ def evaluate_run(
     -------
     dict
         The :data:`KEYS` plus counts (``n_true_craters``, ``n_detected_craters``,
-        ``n_matched_craters``, ``scene_area_km2``). NaN where a part cannot be scored
+        ``n_matched_craters``, ``scene_area_km2``) and ``crater_on_agreement``: the share of
+        matched craters whose ``on`` names the truth's ``on`` (``building``, ``road``,
+        ``open`` as ``open ground``; a run without footprints or roads says less, e.g.
+        ``road or open ground``, which does not count). NaN where a part cannot be scored
         (e.g. no ``coreg.json``).
     """
     det_dir, truth_dir = Path(detections_dir), Path(truth_dir)
@@ -220,7 +223,20 @@ def evaluate_run(
         "n_detected_craters": len(det_craters),
         "n_matched_craters": tp,
         "scene_area_km2": area,
+        "crater_on_agreement": _on_agreement(det_craters, true_craters, matches),
     }
+
+
+def _on_agreement(det: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, matches: list[Any]) -> float:
+    """Share of matched craters whose ``on`` is the truth's (NaN without matches or labels)."""
+    if not matches or "on" not in det.columns or "on" not in truth.columns:
+        return float("nan")
+    names = {"open": "open ground"}
+    same = [
+        str(det["on"].iloc[r]) == names.get(str(truth["on"].iloc[c]), str(truth["on"].iloc[c]))
+        for r, c, _ in matches
+    ]
+    return float(np.mean(same))
 
 
 def format_table(scores: dict[str, Any]) -> str:

@@ -279,6 +279,7 @@ def verify_manifest(path: PathLike, *, rerun: bool = True) -> dict[str, Any]:
                 out=tmp,
                 footprints=one("footprints"),
                 facilities=one("facilities"),
+                roads=one("roads"),
                 config=cfg,
                 sun_azimuth_deg=opts.get("sun_azimuth_deg"),
                 sun_elevation_deg=opts.get("sun_elevation_deg"),

@@ -166,6 +166,7 @@ def run_pair(
     progress: bool = False,
     overwrite: bool = False,
     scratch_dir: PathLike | None = None,
+    roads: PathLike | gpd.GeoDataFrame | None = None,
 ) -> PairResult:
     """Run the pipeline on one pair.
 
@@ -181,6 +182,10 @@ def run_pair(
     facilities
         Facility list (GeoJSON/GeoPackage/CSV path or GeoDataFrame, see
         :func:`changedet.facilities.read_facilities`): scored per facility when given.
+    roads
+        Roads (GeoJSON/GeoPackage path or GeoDataFrame of centre lines or polygons, e.g.
+        OpenStreetMap highways): craters on them are labelled ``on="road"``
+        (:func:`changedet.craters.road_areas`, ``config.craters.road_width_m``).
     config
         :class:`changedet.config.Config`; defaults when omitted.
     sun_azimuth_deg, sun_elevation_deg
@@ -235,6 +240,7 @@ def run_pair(
                 out=out,
                 footprints=footprints,
                 facilities=facilities,
+                roads=roads,
                 config=config,
                 sun_azimuth_deg=sun_azimuth_deg,
                 sun_elevation_deg=sun_elevation_deg,
@@ -255,6 +261,7 @@ def _run_pair(
     out: PathLike | None,
     footprints: PathLike | gpd.GeoDataFrame | None,
     facilities: PathLike | gpd.GeoDataFrame | None,
+    roads: PathLike | gpd.GeoDataFrame | None,
     config: Config | None,
     sun_azimuth_deg: float | None,
     sun_elevation_deg: float | None,
@@ -274,6 +281,7 @@ def _run_pair(
         "after": after,
         "footprints": _path(footprints),
         "facilities": _path(facilities),
+        "roads": _path(roads),
     }
     options = {"sun_azimuth_deg": sun_azimuth_deg, "sun_elevation_deg": sun_elevation_deg}
     if out is not None:
@@ -302,6 +310,12 @@ def _run_pair(
             facilities_mod.read_facilities(facilities)
             if isinstance(facilities, (str, os.PathLike))
             else facilities
+        )
+        # read and checked now (a bad file fails the run before any work), widened once
+        road_areas = (
+            None
+            if roads is None
+            else craters.road_areas(roads, before_da.rio.crs, cfg.craters.road_width_m)
         )
     with _stage("align", timings):
         before_da, after_da = align.align_pair(before_da, after_da, cfg.align)
@@ -347,6 +361,7 @@ def _run_pair(
             sun_azimuth_deg=sun.azimuth_deg,
             sun_elevation_deg=sun.elevation_deg,
             footprints=fp,
+            roads=road_areas,
         )
         crater_note = craters.not_searched(crater_params, change.gsd_of(after_n))
         found = crater_gdf.attrs.get("sun_from_craters")
@@ -452,6 +467,10 @@ def _run_pair(
         if facilities is not None and _path(facilities) is None:
             manifest["inputs"].append(
                 {"role": "facilities", "path": None, "note": "in-memory GeoDataFrame"}
+            )
+        if roads is not None and _path(roads) is None:
+            manifest["inputs"].append(
+                {"role": "roads", "path": None, "note": "in-memory GeoDataFrame"}
             )
         with _stage("report", timings):
             report = write_report(result, out, manifest=manifest, config=cfg)

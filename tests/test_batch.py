@@ -69,6 +69,7 @@ def reference(tiles: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         out=ref / "alpha",
         footprints=tiles / "alpha" / "footprints.geojson",
         facilities=tiles / "alpha" / "facilities.geojson",
+        roads=tiles / "alpha" / "roads.geojson",
         sun_azimuth_deg=az,
         sun_elevation_deg=el,
     )
@@ -154,11 +155,13 @@ def test_discover_pairs__conventions_and_reasons(tmp_path: Path) -> None:
     for name in ("t2_pre.tif", "t2_post.tiff", "t3_pre.tif", "S1_pre.tif", "S1_post.tif"):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "t2_facilities.geojson").write_text("{}")
+    (tmp_path / "t2_roads.geojson").write_text("{}")
     found = discover_pairs(tmp_path)
     assert [p.id for p in found.pairs] == ["t2"]
     t2 = found.pairs[0]
     assert t2.before.name == "t2_pre.tif" and t2.after.name == "t2_post.tiff"
     assert t2.facilities == tmp_path / "t2_facilities.geojson"
+    assert t2.roads == tmp_path / "t2_roads.geojson" and t2.footprints is None
     reasons = dict(found.skipped)
     assert reasons["lonely/"] == "before.tif without after.tif"
     assert reasons["t3_pre.tif"].startswith("no matching t3_post")
@@ -168,16 +171,22 @@ def test_discover_pairs__conventions_and_reasons(tmp_path: Path) -> None:
 
     table = tmp_path / "pairs.csv"
     table.write_text(
-        "id,before,after,sun_azimuth\n"
-        "a,t2_pre.tif,t2_post.tiff,160\n"
-        "b,missing.tif,t2_post.tiff,\n"
-        "c,t2_pre.tif,t2_post.tiff,south\n"
+        "id,before,after,sun_azimuth,roads\n"
+        "a,t2_pre.tif,t2_post.tiff,160,t2_roads.geojson\n"
+        "b,missing.tif,t2_post.tiff,,\n"
+        "c,t2_pre.tif,t2_post.tiff,south,\n"
+        "d,t2_pre.tif,t2_post.tiff,,no_roads.geojson\n"
     )
     found = discover_pairs(table)
     assert [(p.id, p.sun_azimuth_deg) for p in found.pairs] == [("a", 160.0)]
+    assert found.pairs[0].roads == tmp_path / "t2_roads.geojson"
     reasons = dict(found.skipped)
     assert "not found" in reasons["pairs.csv row 3"]
     assert "not a number" in reasons["pairs.csv row 4"]
+    assert (
+        reasons["pairs.csv row 5"].startswith("roads ")
+        and "not found" in reasons["pairs.csv row 5"]
+    )
 
 
 # ---------------------------------------------------------------------------- local cluster
@@ -299,6 +308,7 @@ def test_run_batch__big_pairs_run_chunk_parallel_equal_changedet_run(
         "run", str(site / "before.tif"), str(site / "after.tif"), "--out", str(ref / "alpha"),
         "--footprints", str(site / "footprints.geojson"),
         "--facilities", str(site / "facilities.geojson"),
+        "--roads", str(site / "roads.geojson"),
         "--sun-azimuth", str(az), "--sun-elevation", str(el), "--set", "io.chunk_px=128",
         "--quiet",
     ]  # fmt: skip
@@ -485,6 +495,7 @@ def test_run_batch__sample_tiles_equal_changedet_run(tmp_path: Path) -> None:
             "--out", str(tmp_path / "run" / site.name),
             "--footprints", str(site / "footprints.geojson"),
             "--facilities", str(site / "facilities.geojson"),
+            "--roads", str(site / "roads.geojson"),
             "--sun-azimuth", str(az), "--sun-elevation", str(el), "--quiet",
         ]  # fmt: skip
         assert main(args) == 0

@@ -63,3 +63,24 @@ def test_console_log__changedet_progress_only(capsys: pytest.CaptureFixture[str]
     err = capsys.readouterr().err
     assert err == "changedet: write done\n"
     assert logging.getLogger().handlers == root_handlers
+
+
+def test_main__run_with_point_roads_is_one_line_exit_2_before_any_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import geopandas as gpd
+    from shapely.geometry import Point
+
+    from tests.conftest import SAMPLE_TILES
+
+    site = SAMPLE_TILES / "site_01"
+    roads = tmp_path / "roads.geojson"
+    gpd.GeoDataFrame(geometry=[Point(37.94, 36.14)], crs=4326).to_file(roads)
+    out = tmp_path / "out"
+    args = ["run", str(site / "before.tif"), str(site / "after.tif"), "--out", str(out)]
+    assert main([*args, "--roads", str(roads), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("changedet: error:") and str(roads) in err
+    assert "roads must be lines or polygons" in err
+    # nothing but the failed run's log in the folder it claimed
+    assert sorted(p.name for p in out.iterdir()) == ["run.log"]

@@ -18,9 +18,9 @@ import pytest
 import xarray as xr
 from affine import Affine
 from scipy import ndimage
-from shapely.geometry import box
+from shapely.geometry import LineString, Point, box
 
-from changedet.craters import COLUMNS, CraterParams, detect_craters
+from changedet.craters import COLUMNS, CraterParams, detect_craters, road_areas
 from changedet.errors import BandMismatchError, ChangedetError
 from changedet.testing import make_raster
 
@@ -386,6 +386,50 @@ def test_detect_craters__crater_on_a_chunk_corner_found_once() -> None:
     )
 
 
+def test_detect_craters__on_says_only_what_the_layers_given_tell() -> None:
+    a = raster(render((128, 128), craters=[(64.0, 64.0, 8.0)], seed=2))
+    cx, cy = TRANSFORM * (64.5, 64.5)  # the crater's centre (pixel centres)
+    far = gpd.GeoDataFrame(geometry=[box(cx + 40, cy + 40, cx + 60, cy + 60)], crs=32637)
+    over = gpd.GeoDataFrame(geometry=[box(cx - 15, cy - 15, cx + 15, cy + 15)], crs=32637)
+
+    def road(dy: float, **attrs: object) -> gpd.GeoDataFrame:
+        line = LineString([(cx - 40, cy + dy), (cx + 40, cy + dy)])
+        return gpd.GeoDataFrame({k: [v] for k, v in attrs.items()}, geometry=[line], crs=32637)
+
+    def on(**layers: object) -> list[str]:
+        return detect_craters(a, **layers).on.tolist()  # type: ignore[arg-type]
+
+    assert on(footprints=far) == ["road or open ground"]
+    assert on(roads=road(0.0)) == ["road"]
+    assert on(roads=road(30.0)) == ["building or open ground"]
+    assert on(footprints=far, roads=road(30.0)) == ["open ground"]
+    assert on(footprints=far, roads=road(0.0)) == ["road"]
+    assert on(footprints=over, roads=road(0.0)) == ["building"]  # a building before a road
+    # a centre line 5 m away: on the road only when the road is over 10 m wide
+    assert on(footprints=far, roads=road(5.0)) == ["open ground"]  # road_width_m: 7 m
+    assert on(footprints=far, roads=road(5.0, width_m=12.0)) == ["road"]
+    assert on(footprints=far, roads=road(5.0, width="12 m")) == ["road"]  # OpenStreetMap's tag
+    assert on(footprints=far, roads=road(5.0, width="wide")) == ["open ground"]  # unusable
+    wide = CraterParams(road_width_m=12.0)
+    assert detect_craters(a, roads=road(5.0), params=wide).on.tolist() == ["road"]
+    # road polygons are taken as they are, in any CRS
+    assert on(roads=gpd.GeoDataFrame(geometry=[over.geometry[0]], crs=32637).to_crs(4326)) == [
+        "road"
+    ]
+
+
+def test_road_areas__bad_roads_are_refused_in_one_line() -> None:
+    line = LineString([(0, 0), (100, 0)])
+    with pytest.raises(ChangedetError, match="no road"):
+        road_areas(gpd.GeoDataFrame(geometry=[], crs=32637), "EPSG:32637")
+    with pytest.raises(ChangedetError, match="Point geometries; roads must be lines or polygons"):
+        road_areas(gpd.GeoDataFrame(geometry=[line, Point(0, 0)], crs=32637), "EPSG:32637")
+    with pytest.raises(ChangedetError, match="no CRS"):
+        road_areas(gpd.GeoDataFrame(geometry=[line]), "EPSG:32637")
+    with pytest.raises(ValueError, match="road_width_m"):
+        CraterParams(road_width_m=0.0)
+
+
 def test_detect_craters__footprints_and_empty_result() -> None:
     img = render((128, 128), craters=[(64.0, 64.0, 8.0)], seed=2)
     a = raster(img)
@@ -394,7 +438,7 @@ def test_detect_craters__footprints_and_empty_result() -> None:
     fp = gpd.GeoDataFrame(geometry=[box(x0, y1, x1, y0)], crs=32637)
     found = detect_craters(a, footprints=fp)
     assert found.on.tolist() == ["building"]
-    assert detect_craters(a).on.tolist() == ["ground"]
+    assert detect_craters(a).on.tolist() == ["unknown"]  # no layer: nothing known
     empty = detect_craters(raster(render((128, 128), seed=2)))
     assert len(empty) == 0 and list(empty.columns) == list(found.columns)
     assert empty.crs == found.crs

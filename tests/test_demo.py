@@ -14,7 +14,7 @@ import geopandas as gpd
 import pytest
 
 from changedet.demo import find_sites, run_demo
-from changedet.evaluate import DAMAGED, match_craters
+from changedet.evaluate import DAMAGED, evaluate_run, match_craters
 from changedet.report import facility_craters
 from tests.conftest import SAMPLE_TILES
 
@@ -116,6 +116,27 @@ def test_run_demo__figures_list_every_true_crater_near_a_facility(
                 elif matched[t] not in in_page:
                     missing.append(f"{label} detected as {matched[t]} but not listed")
     assert set(missing) == KNOWN_MISSED_CRATERS, "; ".join(missing)
+
+
+@pytest.mark.slow
+def test_run_demo__craters_say_what_they_lie_on(demo: tuple[Path, str]) -> None:
+    # with the site's footprints and roads, each detected true crater is on what the truth says
+    out, _ = demo
+    names = {"building": "building", "road": "road", "open": "open ground"}
+    pairs = []
+    for site in find_sites(SAMPLE_TILES):
+        craters = gpd.read_file(out / site.name / "results.gpkg", layer="craters")
+        new = craters[craters["new"].astype(str).str.lower() == "true"].reset_index(drop=True)
+        truth = gpd.read_file(site / "truth" / "craters.geojson").to_crs(craters.crs)
+        for d, t, _ in match_craters(new, truth):
+            pairs.append(
+                (f"{site.name}/{truth.loc[t, 'id']}", new.loc[d, "on"], truth.loc[t, "on"])
+            )
+    assert len(pairs) >= 18 and {p[2] for p in pairs} == set(names)  # all three kinds
+    wrong = [f"{w}: {got}, truth {names[true]}" for w, got, true in pairs if got != names[true]]
+    assert not wrong, "; ".join(wrong)
+    for site in find_sites(SAMPLE_TILES):  # as `changedet evaluate` says it
+        assert evaluate_run(out / site.name, site / "truth")["crater_on_agreement"] == 1.0
 
 
 @pytest.mark.slow

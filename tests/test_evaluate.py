@@ -81,6 +81,24 @@ def test_evaluate_run__known_answer(tmp_path: Path) -> None:
     assert s["false_craters_per_km2"] == pytest.approx(3 / s["scene_area_km2"])
 
 
+def test_evaluate_run__on_agreement_counts_only_exact_labels(tmp_path: Path) -> None:
+    det, truth = _write(tmp_path)
+    assert np.isnan(evaluate_run(det, truth)["crater_on_agreement"])  # no labels: not scored
+    t = gpd.read_file(truth / "craters.geojson")
+    t["on"] = ["open", "road", "building", "road"]
+    t.to_file(truth / "craters.geojson")
+    d = gpd.read_file(det / "craters.geojson")
+    # matched: det 0 or its duplicate det 2 -> truth 0 (open), det 1 -> truth 3 (road)
+    for (at_0, at_3), want in (
+        (("open ground", "road"), 1.0),
+        (("open ground", "road or open ground"), 0.5),  # true, but says less than the truth
+        (("building", "unknown"), 0.0),
+    ):
+        d["on"] = [at_0, at_3, at_0, "open ground", "open ground"]
+        d.to_file(det / "craters.geojson")
+        assert evaluate_run(det, truth)["crater_on_agreement"] == pytest.approx(want)
+
+
 def test_match_craters__one_to_one(tmp_path: Path) -> None:
     truth = _points([(0, 0, 10)])
     det = _points([(1, 0, 10), (0.5, 0, 10)])
