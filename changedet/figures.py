@@ -720,12 +720,17 @@ def _crater_lines(crater_list: Any, max_listed: int, rings_m: Sequence[float]) -
     if crater_list is None or len(crater_list) == 0:
         return f"No new crater detected within {outer} of the facility."
     head = f"New craters within {outer} of the facility ({len(crater_list)}):"
-    lines = [head, f"{'id':>5}  {'diameter':>9}  {'distance':>9}  ring"]
+    ring_w = max(len("ring"), *(len(str(r)) for r in crater_list["ring"]))
+    has_on = "on" in crater_list.columns
+    on_w = max(len("on"), *(len(str(v)) for v in crater_list["on"])) if has_on else 0
+    on_head = f"  {'on':<{on_w}}" if has_on else ""
+    lines = [head, f"{'id':>5}  {'diameter':>9}  {'distance':>9}  {'ring':<{ring_w}}{on_head}"]
     for _, c in crater_list.head(max_listed).iterrows():
         note = "" if bool(c["in_crop"]) else "   (outside this crop: see the overview)"
+        on = f"  {c['on']!s:<{on_w}}" if has_on else ""
         lines.append(
             f"{c['id']!s:>5}  {c['diameter_m']:>7.1f} m  {c['distance_m']:>7.1f} m  "
-            f"{c['ring']}{note}"
+            f"{c['ring']!s:<{ring_w}}{on}{note}"
         )
     if len(crater_list) > max_listed:
         lines.append(f"... and {len(crater_list) - max_listed} more: see report.html")

@@ -402,7 +402,9 @@ def facility_craters(
     Returns
     -------
     pandas.DataFrame
-        ``id``, ``diameter_m``, ``distance_m``, ``ring`` (e.g. ``"<= 50 m"``), ``in_crop``.
+        ``id``, ``diameter_m``, ``distance_m``, ``ring`` (e.g. ``"<= 50 m"``), ``on`` (what
+        the crater lies on, see :func:`changedet.craters.detect_craters`; ``"unknown"`` when the
+        detections do not say), ``in_crop``.
 
     Examples
     --------
@@ -417,7 +419,7 @@ def facility_craters(
 
     from changedet.craters import new_craters
 
-    cols = ["id", "diameter_m", "distance_m", "ring", "in_crop"]
+    cols = ["id", "diameter_m", "distance_m", "ring", "on", "in_crop"]
     new = new_craters(craters)
     rings = sorted(float(r) for r in rings_m)
     if new is None or len(new) == 0 or not rings:
@@ -440,6 +442,7 @@ def facility_craters(
             "diameter_m": sub["diameter_m"].to_numpy(float),
             "distance_m": np.round(dist, 2),
             "ring": ring,
+            "on": sub["on"].astype(str).to_numpy() if "on" in sub.columns else "unknown",
             "in_crop": in_crop,
         }
     )
@@ -1115,6 +1118,7 @@ def write_report(
                         "diameter_m": "diameter (m)",
                         "distance_m": "distance (m)",
                         "ring": "ring",
+                        "on": "on",
                         "in_crop": "in figure crop",
                     },
                     attrs=f'class="facility-craters" data-facility="{html_escape(fac["id"])}"',
