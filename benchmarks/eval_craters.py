@@ -19,7 +19,10 @@ bounded by that day's path of the sun (what the pipeline does with an acquisitio
 rubble. Sites are cached under ``benchmarks/_work/`` (git-ignored).
 
 Truth craters smaller than the detector judges (under 5 px across: 2.5 m at 0.5 m) are counted as misses;
-recall for craters of at least 2 m is reported separately.
+recall for craters of at least 2 m is reported separately. ``on`` is the share of matched craters
+whose ``on`` (footprints and ``roads.geojson`` given) names the truth's building / road / open
+ground; ``on (bldg only)``, the baseline, the share whose building / not-building split (all
+footprints alone tell) is right.
 
 Usage::
 
@@ -139,12 +142,17 @@ def site_for(seed: int, gsd_m: float = 0.5) -> Path:
     out = WORK / (
         f"site_{seed:04d}_{SIZE_PX}{suffix}{'' if sun is None else '_sun'}{'_dense' * dense}"
     )
+    extra: dict[str, Any] = {} if sun is None else {"sun_after": sun}
+    if dense:
+        extra["crater_density_km2"] = DENSE_CRATERS_KM2
+    settings = SceneSettings(seed=seed, size_px=SIZE_PX, gsd_m=gsd_m, **extra)
     if not (out / "truth" / "scene.json").is_file():
-        extra: dict[str, Any] = {} if sun is None else {"sun_after": sun}
-        if dense:
-            extra["crater_density_km2"] = DENSE_CRATERS_KM2
-        settings = SceneSettings(seed=seed, size_px=SIZE_PX, gsd_m=gsd_m, **extra)
         generate_site(out, settings, workers=1)
+    elif not (out / "roads.geojson").is_file():
+        # a site cached before sites had roads: the same roads, without rendering again
+        from changedet._synth_io import write_roads
+
+        write_roads(out, settings)
     return out
 
 
@@ -256,6 +264,7 @@ def evaluate_site(
     truth = gpd.read_file(site / "truth" / "craters.geojson")
     truth = truth.to_crs(before.rio.crs)
     foot = gpd.read_file(site / "footprints.geojson")
+    roads = gpd.read_file(site / "roads.geojson")
     res: dict[str, Any] = {"seed": seed, "n_true": len(truth), "gsd": float(s["gsd_m"])}
     res["area_km2"] = before.shape[1] * before.shape[2] * s["gsd_m"] ** 2 / 1e6
     res["true_d"] = truth["diameter_m"].tolist()
@@ -269,6 +278,7 @@ def evaluate_site(
             sun_azimuth_deg=az,
             sun_elevation_deg=el,
             footprints=foot,
+            roads=roads,
         )
         dt = time.process_time() - t0
         if mode == "paired":
@@ -281,9 +291,19 @@ def evaluate_site(
             for d, t, _ in pairs
         ]
         matched_d = {d for d, _, _ in pairs}
+        # what a matched crater lies on: its label (footprints and roads given) against the
+        # truth's, and, as the baseline, only the building / not-building split footprints give
+        names = {"open": "open ground"}
+        on_pairs = [
+            (found["on"][d], names.get(truth["on"][t], truth["on"][t])) for d, t, _ in pairs
+        ]
         res[mode] = {
             "n_det": len(found),
             "tp": len(pairs),
+            "on_ok": sum(got == true for got, true in on_pairs),
+            "building_ok": sum(
+                (got == "building") == (true == "building") for got, true in on_pairs
+            ),
             "derr": derr,
             "seconds": dt,
             "tp_ge2": sum(truth["diameter_m"][t] >= 2.0 for t in matched_t),
@@ -392,6 +412,8 @@ def summarise(results: list[dict[str, Any]], mode: str) -> dict[str, float]:
         "s/scene": float(np.mean([r[mode]["seconds"] for r in results])),
         "n_true": n_true,
         "n_det": n_det,
+        "on": sum(r[mode]["on_ok"] for r in results) / tp if tp else math.nan,
+        "building": sum(r[mode]["building_ok"] for r in results) / tp if tp else math.nan,
     }
 
 
@@ -468,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     head = (
         f"{'mode':8s} {'P':>6s} {'R':>6s} {'F1':>6s} {'R>=2m':>6s} {'derr':>6s} "
-        f"{'false/km2':>9s} {'cpu s/scene':>11s} {'true':>5s} {'det':>5s}"
+        f"{'false/km2':>9s} {'cpu s/scene':>11s} {'true':>5s} {'det':>5s} {'on':>6s} "
+        f"{'on (bldg only)':>14s}"
     )
     print(head)
     for mode in modes:
@@ -476,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{mode:8s} {s['P']:6.3f} {s['R']:6.3f} {s['F1']:6.3f} {s['R>=2m']:6.3f} "
             f"{100 * s['derr']:5.1f}% {s['false/km2']:9.2f} {s['s/scene']:11.2f} "
-            f"{s['n_true']:5d} {s['n_det']:5d}"
+            f"{s['n_true']:5d} {s['n_det']:5d} {s['on']:6.3f} {s['building']:14.3f}"
         )
     if args.verbose:
         for r in results:

@@ -300,6 +300,56 @@ def _write_geojson(path: Path, name: str, feats: Any) -> int:
     return n
 
 
+def _write_roads(out: Path, lay: Any, b: Grid, ll: Any) -> None:
+    """``roads.geojson``: the centre lines of the roads that reach the before scene."""
+    sw, sh = b.cols * b.gsd, b.rows * b.gsd
+    rd = lay.roads
+    rd_in = np.nonzero(
+        (np.maximum(rd["u0"], rd["u1"]) > -rd["w"])
+        & (np.minimum(rd["u0"], rd["u1"]) < sw + rd["w"])
+        & (np.maximum(rd["v0"], rd["v1"]) > -rd["w"])
+        & (np.minimum(rd["v0"], rd["v1"]) < sh + rd["w"])
+    )[0]
+    road_feats = [
+        _feature(
+            {
+                "type": "LineString",
+                "coordinates": ll([rd["u0"][k], rd["u1"][k]], [rd["v0"][k], rd["v1"][k]]),
+            },
+            {
+                "width_m": round(float(rd["w"][k]), 2),
+                "surface": "unpaved" if rd["kind"][k] else "asphalt",
+            },
+        )
+        for k in rd_in
+    ]
+    _write_geojson(out / "roads.geojson", "roads", road_feats)
+
+
+def write_roads(out: Path, s: Any) -> Path:
+    """Write only ``roads.geojson`` of the site of settings ``s`` into ``out`` (no rendering).
+
+    For sites generated before the roads were written: the layout, hence the roads, are the
+    same as :func:`write_site` draws (the layout depends on the settings alone).
+    """
+    from pyproj import Transformer
+
+    b = before_grid(s)
+    lay = build_layout(s, _layout_extent(s, b, AfterMap(s, b, after_grid(s))))
+    to_ll = Transformer.from_crs(s.crs, "EPSG:4326", always_xy=True)
+
+    def ll(u: NDArray[Any], v: NDArray[Any]) -> list[list[float]]:
+        lon, lat = to_ll.transform(b.x0 + np.asarray(u), b.y0 - np.asarray(v))
+        return [
+            [round(float(x), 9), round(float(y), 9)]
+            for x, y in zip(np.atleast_1d(lon), np.atleast_1d(lat), strict=True)
+        ]
+
+    out.mkdir(parents=True, exist_ok=True)
+    _write_roads(out, lay, b, ll)
+    return out / "roads.geojson"
+
+
 def write_site(out: Path, s: Any, window_px: int = 512, workers: int = 1) -> Path:
     """Generate the site for settings ``s`` into ``out`` (see ``changedet.synthetic``)."""
     from pyproj import Transformer
@@ -437,27 +487,7 @@ def write_site(out: Path, s: Any, window_px: int = 512, workers: int = 1) -> Pat
 
     _write_geojson(out / "facilities.geojson", "facilities", fac_feats)
     n_foot = _write_geojson(out / "footprints.geojson", "footprints", building_features(False))
-    rd = lay.roads
-    rd_in = np.nonzero(
-        (np.maximum(rd["u0"], rd["u1"]) > -rd["w"])
-        & (np.minimum(rd["u0"], rd["u1"]) < sw + rd["w"])
-        & (np.maximum(rd["v0"], rd["v1"]) > -rd["w"])
-        & (np.minimum(rd["v0"], rd["v1"]) < sh + rd["w"])
-    )[0]
-    road_feats = [
-        _feature(
-            {
-                "type": "LineString",
-                "coordinates": ll([rd["u0"][k], rd["u1"][k]], [rd["v0"][k], rd["v1"][k]]),
-            },
-            {
-                "width_m": round(float(rd["w"][k]), 2),
-                "surface": "unpaved" if rd["kind"][k] else "asphalt",
-            },
-        )
-        for k in rd_in
-    ]
-    _write_geojson(out / "roads.geojson", "roads", road_feats)
+    _write_roads(out, lay, b, ll)
     _write_geojson(out / "truth" / "craters.geojson", "craters", crater_feats)
     _write_geojson(out / "truth" / "damage.geojson", "damage", building_features(True))
     mis = {

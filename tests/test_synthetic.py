@@ -313,6 +313,30 @@ def test_generate_site__truth_is_consistent(site_plain: Path) -> None:
         assert sha256_file(site_plain / name) == sha
 
 
+def test_generate_site__roads_carry_the_truths_road_craters(
+    site_plain: Path, tmp_path: Path
+) -> None:
+    # the roads file is what a crater's "on" reads: the truth's road craters lie on it, and its
+    # open-ground craters off it; write_roads (for sites cached before it) writes the same bytes
+    import geopandas as gpd
+
+    from changedet._synth_io import write_roads
+    from changedet.craters import road_areas
+
+    roads = gpd.read_file(site_plain / "roads.geojson")
+    assert len(roads) and set(roads.geom_type) == {"LineString"}
+    assert roads["width_m"].between(6, 16).all()
+    assert set(roads["surface"]) <= {"asphalt", "unpaved"}
+    truth = gpd.read_file(site_plain / "truth" / "craters.geojson").to_crs(32637)
+    areas = road_areas(roads, "EPSG:32637").union_all()
+    on_road = truth.geometry.within(areas)
+    assert {"road", "open"} <= set(truth["on"])
+    assert on_road[truth["on"] == "road"].all() and not on_road[truth["on"] == "open"].any()
+    s = SceneSettings(size_px=(512, 576), seed=11, shift_px=(3.37, -2.61), n_craters=8)
+    again = write_roads(tmp_path / "site", s)
+    assert again.read_bytes() == (site_plain / "roads.geojson").read_bytes()
+
+
 def test_generate_site__four_band_uint16(tmp_path: Path) -> None:
     s = SceneSettings(size_px=256, seed=3, bands=4, dtype="uint16", n_craters=2)
     site = generate_site(tmp_path / "s", s, workers=1)
