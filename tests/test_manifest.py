@@ -27,6 +27,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         out=out,
         footprints=site / "footprints.geojson",
         facilities=site / "facilities.geojson",
+        roads=site / "roads.geojson",  # verify must pass them back: they set craters' "on"
         sun_azimuth_deg=160.0,
         sun_elevation_deg=42.0,
     )
@@ -36,7 +37,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_run_pair__manifest_records_inputs_config_versions_outputs(run_dir: Path) -> None:
     m = load_manifest(run_dir / "manifest.json")
     roles = sorted(e["role"] for e in m["inputs"])
-    assert roles == ["after", "before", "facilities", "footprints"]
+    assert roles == ["after", "before", "facilities", "footprints", "roads"]
     before = next(e for e in m["inputs"] if e["role"] == "before")
     assert before["sha256"] == sha256_file(before["path"]) and before["crs"].startswith("EPSG:")
     assert m["config"]["change"]["threshold"] == "otsu"
