@@ -1144,7 +1144,13 @@ def write_report(
             "on": "on",
             "newness_verified": "newness verified",
         }
-        crater_html = html_table(table, columns=cols, attrs='class="craters"')
+        crater_html = html_table(table, columns=cols, attrs='class="craters"') + (
+            '<p class="note">"on" is what a crater\'s centre lies on, as far as the layers given '
+            "tell: building (inside a footprint), road (on a road line widened to its width, or "
+            'a road polygon), open ground (neither); it reads "road or open ground" where no '
+            'roads were given, "building or open ground" where no footprints were, and '
+            '"unknown" with neither.</p>'
+        )
     elif manifest.get("craters_not_searched"):
         crater_html = (
             "<p>No crater was searched: "
