@@ -138,7 +138,7 @@ from changedet._memory import compact_values
 from changedet.change import gsd_of
 from changedet.errors import BandMismatchError, ChangedetError
 
-__all__ = ["COLUMNS", "CraterParams", "describe_calibration", "detect_craters"]
+__all__ = ["COLUMNS", "CraterParams", "describe_calibration", "detect_craters", "road_areas"]
 
 #: Columns of the result, in order (besides ``geometry``).
 COLUMNS = (
@@ -1377,6 +1377,18 @@ def detect_craters(
     dy = _axis_step(ys, -gsd)
     roofs = _footprints(footprints, crs)
     road_geoms = None if roads is None else road_areas(roads, crs, params.road_width_m)
+    if road_geoms is not None:
+        extent = shapely.box(
+            xs.min() - abs(dx), ys.min() - abs(dy), xs.max() + abs(dx), ys.max() + abs(dy)
+        )
+        if not road_geoms.intersects(extent).any():
+            warnings.warn(
+                f"roads: none of the {len(road_geoms)} roads reaches the scene, so no crater "
+                "can be on one; check that the file covers this area and that its CRS is right "
+                "(OpenStreetMap data: EPSG:4326, longitude first)",
+                UserWarning,
+                stacklevel=2,
+            )
     ny, nx = after_l.shape
     lazy = not isinstance(after_l.data, np.ndarray)
     chunks = after_l.data.chunks if lazy else (None, None)

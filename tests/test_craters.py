@@ -412,6 +412,9 @@ def test_detect_craters__on_says_only_what_the_layers_given_tell() -> None:
     assert on(footprints=far, roads=road(5.0, width="wide")) == ["open ground"]  # unusable
     wide = CraterParams(road_width_m=12.0)
     assert detect_craters(a, roads=road(5.0), params=wide).on.tolist() == ["road"]
+    # roads that miss the scene altogether (another area, or lat/lon swapped) are said to
+    with pytest.warns(UserWarning, match="none of the 1 roads reaches the scene"):
+        assert on(roads=road(5_000.0)) == ["building or open ground"]
     # road polygons are taken as they are, in any CRS
     assert on(roads=gpd.GeoDataFrame(geometry=[over.geometry[0]], crs=32637).to_crs(4326)) == [
         "road"
