@@ -218,7 +218,7 @@ def evaluate_site(
     import geopandas as gpd
 
     from changedet.craters import CraterParams, detect_craters
-    from changedet.evaluate import match_craters
+    from changedet.evaluate import TRUTH_ON, match_craters
 
     site = site_for(seed, gsd_m)
     before, after, scene = load_pair(site)
@@ -293,7 +293,7 @@ def evaluate_site(
         matched_d = {d for d, _, _ in pairs}
         # what a matched crater lies on: its label (footprints and roads given) against the
         # truth's, and, as the baseline, only the building / not-building split footprints give
-        names = {"open": "open ground"}
+        names = TRUTH_ON
         on_pairs = [
             (found["on"][d], names.get(truth["on"][t], truth["on"][t])) for d, t, _ in pairs
         ]

@@ -300,6 +300,22 @@ def _write_geojson(path: Path, name: str, feats: Any) -> int:
     return n
 
 
+def _lonlat(s: Any, b: Grid) -> Any:
+    """``ll(u, v)``: scene metres (east, south of the before grid's corner) to rounded lon/lat."""
+    from pyproj import Transformer
+
+    to_ll = Transformer.from_crs(s.crs, "EPSG:4326", always_xy=True)
+
+    def ll(u: NDArray[Any], v: NDArray[Any]) -> list[list[float]]:
+        lon, lat = to_ll.transform(b.x0 + np.asarray(u), b.y0 - np.asarray(v))
+        return [
+            [round(float(x), 9), round(float(y), 9)]
+            for x, y in zip(np.atleast_1d(lon), np.atleast_1d(lat), strict=True)
+        ]
+
+    return ll
+
+
 def _write_roads(out: Path, lay: Any, b: Grid, ll: Any) -> None:
     """``roads.geojson``: the centre lines of the roads that reach the before scene."""
     sw, sh = b.cols * b.gsd, b.rows * b.gsd
@@ -332,27 +348,16 @@ def write_roads(out: Path, s: Any) -> Path:
     For sites generated before the roads were written: the layout, hence the roads, are the
     same as :func:`write_site` draws (the layout depends on the settings alone).
     """
-    from pyproj import Transformer
 
     b = before_grid(s)
     lay = build_layout(s, _layout_extent(s, b, AfterMap(s, b, after_grid(s))))
-    to_ll = Transformer.from_crs(s.crs, "EPSG:4326", always_xy=True)
-
-    def ll(u: NDArray[Any], v: NDArray[Any]) -> list[list[float]]:
-        lon, lat = to_ll.transform(b.x0 + np.asarray(u), b.y0 - np.asarray(v))
-        return [
-            [round(float(x), 9), round(float(y), 9)]
-            for x, y in zip(np.atleast_1d(lon), np.atleast_1d(lat), strict=True)
-        ]
-
     out.mkdir(parents=True, exist_ok=True)
-    _write_roads(out, lay, b, ll)
+    _write_roads(out, lay, b, _lonlat(s, b))
     return out / "roads.geojson"
 
 
 def write_site(out: Path, s: Any, window_px: int = 512, workers: int = 1) -> Path:
     """Generate the site for settings ``s`` into ``out`` (see ``changedet.synthetic``)."""
-    from pyproj import Transformer
     from shapely.geometry import Point, Polygon
 
     from changedet.synthetic import misregistration_matrix
@@ -381,15 +386,8 @@ def write_site(out: Path, s: Any, window_px: int = 512, workers: int = 1) -> Pat
         workers,
     )
 
-    to_ll = Transformer.from_crs(s.crs, "EPSG:4326", always_xy=True)
     sw, sh = b.cols * b.gsd, b.rows * b.gsd
-
-    def ll(u: NDArray[Any], v: NDArray[Any]) -> list[list[float]]:
-        lon, lat = to_ll.transform(b.x0 + np.asarray(u), b.y0 - np.asarray(v))
-        return [
-            [round(float(x), 9), round(float(y), 9)]
-            for x, y in zip(np.atleast_1d(lon), np.atleast_1d(lat), strict=True)
-        ]
+    ll = _lonlat(s, b)
 
     bd = lay.buildings
     keep = np.nonzero((bd["cu"] > 0) & (bd["cu"] < sw) & (bd["cv"] > 0) & (bd["cv"] < sh))[0]

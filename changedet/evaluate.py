@@ -46,6 +46,8 @@ from changedet.errors import ChangedetError, UnreadableFileError
 
 DAMAGED = ("destroyed", "severe", "moderate")
 IGNORED = ("possible",)
+#: The truth's ``on`` values that a detection's ``on`` spells otherwise.
+TRUTH_ON = {"open": "open ground"}
 
 #: Keys always present in the result of :func:`evaluate_run`.
 KEYS = (
@@ -231,9 +233,8 @@ def _on_agreement(det: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, matches: list[
     """Share of matched craters whose ``on`` is the truth's (NaN without matches or labels)."""
     if not matches or "on" not in det.columns or "on" not in truth.columns:
         return float("nan")
-    names = {"open": "open ground"}
     same = [
-        str(det["on"].iloc[r]) == names.get(str(truth["on"].iloc[c]), str(truth["on"].iloc[c]))
+        str(det["on"].iloc[r]) == TRUTH_ON.get(str(truth["on"].iloc[c]), str(truth["on"].iloc[c]))
         for r, c, _ in matches
     ]
     return float(np.mean(same))

@@ -14,7 +14,7 @@ import geopandas as gpd
 import pytest
 
 from changedet.demo import find_sites, run_demo
-from changedet.evaluate import DAMAGED, evaluate_run, match_craters
+from changedet.evaluate import DAMAGED, TRUTH_ON, evaluate_run, match_craters
 from changedet.report import facility_craters
 from tests.conftest import SAMPLE_TILES
 
@@ -122,7 +122,7 @@ def test_run_demo__figures_list_every_true_crater_near_a_facility(
 def test_run_demo__craters_say_what_they_lie_on(demo: tuple[Path, str]) -> None:
     # with the site's footprints and roads, each detected true crater is on what the truth says
     out, _ = demo
-    names = {"building": "building", "road": "road", "open": "open ground"}
+    names = {k: TRUTH_ON.get(k, k) for k in ("building", "road", "open")}
     pairs = []
     for site in find_sites(SAMPLE_TILES):
         craters = gpd.read_file(out / site.name / "results.gpkg", layer="craters")
