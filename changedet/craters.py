@@ -1091,7 +1091,9 @@ def road_areas(
     Raises
     ------
     ChangedetError
-        When there is no road, or a geometry is neither a line nor a polygon.
+        When there is no road line or polygon, or a geometry is neither a line, a polygon nor
+        a point (points, such as the tagged nodes of an OpenStreetMap export, are left out with
+        a warning).
 
     Examples
     --------
@@ -1111,16 +1113,31 @@ def road_areas(
         raise ChangedetError(
             name, "roads have no CRS", "Set one (e.g. EPSG:4326 for OpenStreetMap)."
         )
-    keep = geoms.notna() & ~geoms.is_empty
-    if not keep.any():
-        raise ChangedetError(name, "no road in the file", "Give road centre lines or polygons.")
-    kinds = set(geoms[keep].geom_type)
-    bad = kinds - {"LineString", "MultiLineString", "Polygon", "MultiPolygon"}
+    keep = (geoms.notna() & ~geoms.is_empty).to_numpy()
+    kind = geoms.geom_type.to_numpy()
+    # an OpenStreetMap highway export also holds tagged nodes (traffic signals, crossings):
+    # points say nothing about the ground a road covers, so they are left out, and said to be
+    points = keep & np.isin(kind, ["Point", "MultiPoint"])
+    keep = keep & ~points
+    bad = sorted(set(kind[keep]) - {"LineString", "MultiLineString", "Polygon", "MultiPolygon"})
     if bad:
         raise ChangedetError(
             name,
-            f"has {', '.join(sorted(bad))} geometries; roads must be lines or polygons",
+            f"has {', '.join(bad)} geometries; roads must be lines or polygons",
             "Give road centre lines (e.g. OpenStreetMap highway ways) or road polygons.",
+        )
+    if not keep.any():
+        raise ChangedetError(
+            name,
+            "holds no road line or polygon" + (" (only points)" if points.any() else ""),
+            "Give road centre lines (e.g. OpenStreetMap highway ways) or road polygons.",
+        )
+    if points.any():
+        warnings.warn(
+            f"{name}: {int(points.sum())} point feature(s) left out (e.g. traffic signals in an "
+            "OpenStreetMap export); roads are its lines and polygons",
+            UserWarning,
+            stacklevel=2,
         )
     geoms = geoms[keep].to_crs(crs)
     widths = np.full(len(geoms), math.nan)

@@ -81,6 +81,6 @@ def test_main__run_with_point_roads_is_one_line_exit_2_before_any_output(
     assert main([*args, "--roads", str(roads), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("changedet: error:") and str(roads) in err
-    assert "roads must be lines or polygons" in err
+    assert "holds no road line or polygon (only points)" in err
     # nothing but the failed run's log in the folder it claimed
     assert sorted(p.name for p in out.iterdir()) == ["run.log"]
