@@ -384,9 +384,10 @@ class CraterParams:
     min_valid
         Least share of valid (non-NaN) pixels within 3 R of a detection.
     road_width_m
-        Width, metres, given to road centre lines that carry no ``width_m`` or ``width``
-        attribute (most OpenStreetMap ways), when roads are given: a detection whose centre
-        lies on a road has ``on="road"``. 7 m is a two-lane street with its kerbs.
+        Width, metres, given to road centre lines that carry neither a ``width_m`` / ``width``
+        attribute nor an OpenStreetMap ``highway`` class of known typical width (see
+        :func:`road_areas`), when roads are given: a detection whose centre lies on a road has
+        ``on="road"``. 7 m is a two-lane street with its kerbs.
     tile_px
         Least tile size, px: in-memory arrays are cut into such tiles, Dask arrays into runs of
         whole chunks at least this long on each axis. Each tile is read with a halo of about
@@ -1055,6 +1056,30 @@ def _footprints(footprints: Any, crs: Any) -> gpd.GeoSeries | None:
     return gpd.GeoSeries(fp.geometry.values, crs=crs)
 
 
+#: Typical carriageway width, metres, of an OpenStreetMap ``highway`` class (both directions,
+#: lanes of about 3-3.5 m), for its ways that carry no width tag; other classes get
+#: ``CraterParams.road_width_m``.
+OSM_HIGHWAY_WIDTH_M = {
+    "motorway": 15.0,
+    "trunk": 12.0,
+    "primary": 10.0,
+    "secondary": 8.0,
+    "tertiary": 7.0,
+    "unclassified": 6.0,
+    "residential": 6.0,
+    "living_street": 5.0,
+    "service": 4.0,
+    "track": 3.0,
+    **{f"{k}_link": 6.0 for k in ("motorway", "trunk", "primary", "secondary", "tertiary")},
+}
+
+#: OpenStreetMap ``highway`` classes that are not roads (ways for walking, riding or cycling,
+#: stairs, ways not built yet): left out of the road areas.
+OSM_NOT_ROADS = frozenset(
+    {"footway", "path", "cycleway", "bridleway", "steps", "corridor", "proposed", "construction"}
+)
+
+
 def _width_m(value: Any) -> float:
     """A road width in metres from a ``width_m`` / ``width`` value ("7", "7.5 m", 7); NaN if none."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -1076,7 +1101,10 @@ def road_areas(
 
     Road polygons are kept as they are; centre lines (as OpenStreetMap has them) are widened to
     their ``width_m`` or ``width`` attribute (metres; OpenStreetMap's ``width`` tag), else to
-    ``default_width_m``, with round ends (so that ways meeting at an angle leave no gap).
+    the typical width of their OpenStreetMap ``highway`` class (:data:`OSM_HIGHWAY_WIDTH_M`),
+    else to ``default_width_m``, with round ends (so that ways meeting at an angle leave no
+    gap). Footways, paths, cycleways, bridleways and steps (:data:`OSM_NOT_ROADS`) are no roads
+    and are left out.
 
     Parameters
     ----------
@@ -1114,6 +1142,13 @@ def road_areas(
             name, "roads have no CRS", "Set one (e.g. EPSG:4326 for OpenStreetMap)."
         )
     keep = (geoms.notna() & ~geoms.is_empty).to_numpy()
+    highway = (
+        gdf["highway"].astype(str).str.strip().str.lower().to_numpy()
+        if isinstance(gdf, gpd.GeoDataFrame) and "highway" in gdf.columns
+        else np.full(len(geoms), "")
+    )
+    not_road = keep & np.isin(highway, list(OSM_NOT_ROADS))
+    keep = keep & ~not_road
     kind = geoms.geom_type.to_numpy()
     # an OpenStreetMap highway export also holds tagged nodes (traffic signals, crossings):
     # points say nothing about the ground a road covers, so they are left out, and said to be
@@ -1129,7 +1164,9 @@ def road_areas(
     if not keep.any():
         raise ChangedetError(
             name,
-            "holds no road line or polygon" + (" (only points)" if points.any() else ""),
+            "holds no road line or polygon"
+            + (" (only points)" if points.any() else "")
+            + (" (only footways, paths and the like)" if not_road.any() else ""),
             "Give road centre lines (e.g. OpenStreetMap highway ways) or road polygons.",
         )
     if points.any():
@@ -1146,6 +1183,8 @@ def road_areas(
             if col in gdf.columns:
                 got = np.array([_width_m(v) for v in gdf.loc[keep, col]])
                 widths = np.where(np.isfinite(widths), widths, got)
+    by_class = np.array([OSM_HIGHWAY_WIDTH_M.get(h, math.nan) for h in highway[keep]])
+    widths = np.where(np.isfinite(widths), widths, by_class)
     widths = np.where(np.isfinite(widths), widths, float(default_width_m))
     lines = geoms.geom_type.isin(["LineString", "MultiLineString"]).to_numpy()
     out = geoms.copy()

@@ -13,6 +13,7 @@ import math
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pandas.testing as pd_testing
 import pytest
 import shapely
@@ -411,6 +412,11 @@ def test_detect_craters__on_says_only_what_the_layers_given_tell() -> None:
     assert on(footprints=far, roads=road(5.0, width_m=12.0)) == ["road"]
     assert on(footprints=far, roads=road(5.0, width="12 m")) == ["road"]  # OpenStreetMap's tag
     assert on(footprints=far, roads=road(5.0, width="wide")) == ["open ground"]  # unusable
+    # OpenStreetMap ways without a width: their class's typical width; footways are no roads
+    assert on(footprints=far, roads=road(4.0, highway="primary")) == ["road"]  # 10 m
+    assert on(footprints=far, roads=road(4.0, highway="residential")) == ["open ground"]  # 6 m
+    with_path = pd.concat([road(30.0, highway="residential"), road(0.0, highway="footway")])
+    assert on(footprints=far, roads=with_path) == ["open ground"]
     wide = CraterParams(road_width_m=12.0)
     assert detect_craters(a, roads=road(5.0), params=wide).on.tolist() == ["road"]
     # roads that miss the scene altogether (another area, or lat/lon swapped) are said to
@@ -432,6 +438,9 @@ def test_road_areas__bad_roads_are_refused_in_one_line() -> None:
     mixed = gpd.GeoDataFrame(geometry=[line, Point(0, 0)], crs=32637)
     with pytest.warns(UserWarning, match="1 point feature"):
         assert len(road_areas(mixed, "EPSG:32637")) == 1
+    paths = gpd.GeoDataFrame({"highway": ["footway", "path"]}, geometry=[line, line], crs=32637)
+    with pytest.raises(ChangedetError, match="only footways, paths and the like"):
+        road_areas(paths, "EPSG:32637")
     with pytest.raises(ChangedetError, match="GeometryCollection geometries; roads must be"):
         collection = shapely.GeometryCollection([line, Point(0, 0)])
         road_areas(gpd.GeoDataFrame(geometry=[collection], crs=32637), "EPSG:32637")
