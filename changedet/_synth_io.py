@@ -348,7 +348,6 @@ def write_roads(out: Path, s: Any) -> Path:
     For sites generated before the roads were written: the layout, hence the roads, are the
     same as :func:`write_site` draws (the layout depends on the settings alone).
     """
-
     b = before_grid(s)
     lay = build_layout(s, _layout_extent(s, b, AfterMap(s, b, after_grid(s))))
     out.mkdir(parents=True, exist_ok=True)
