@@ -251,7 +251,8 @@ def test_detect_craters__isolated_crater_with_a_weak_dipole_needs_only_its_sign(
     expected = 0.6 * math.cos(math.radians(45.0))
     assert 0 < found.shading[0] < CraterParams().shading_ramp[0] * expected
     assert found.far_change[0] <= CraterParams().isolated_max_far_change
-    off = CraterParams(isolated_max_far_change=0.0)  # no isolation: the dipole decides
+    # no isolation (and no allowance for a clear bowl's weak dipole): the dipole decides
+    off = CraterParams(isolated_max_far_change=0.0, clear_bowl_shading_share=1.0)
     assert match(detect_craters(raster(after), raster(before), params=off, **sun), crater) == [None]
     # turned into a mound's dipole (the walls' shading swapped), isolation does not keep it
     mound = after.copy()
@@ -1031,6 +1032,61 @@ def test_measure_all__bowl_texture_ignores_the_wall_shading_ramp() -> None:
     assert measure_all(noisy, *args)["sd_in"][0] == pytest.approx(0.05, rel=0.2)
 
 
+def test_detect_craters__clear_bowl_needs_less_dipole_with_the_elevation_given() -> None:
+    # the 6 m crater, its bowl made 35 % point-symmetric (its dipole about 0.45 of the model's,
+    # as small bowls and high suns show) and the ground beyond it changed all round (no
+    # isolated fresh disturbance): round, enclosed and smooth-floored, it is kept; the same
+    # bowl with a rough floor, or with the allowance off, is not; a mound never is
+    before, _, _ = _small_crater_site(2.0)
+    crater = [(64.0, 64.0, 6.0)]
+    base = render((128, 128), craters=crater, seed=5)
+    yy, xx = np.mgrid[0:128, 0:128]
+    rho = np.hypot(yy - 64, xx - 64)
+    bowl = rho < 6.5
+    turned = np.roll(base[::-1, ::-1], (1, 1), axis=(0, 1))
+
+    def weakened(share_turned: float, rough: float = 0.0) -> xr.DataArray:
+        after = base.copy()
+        after[bowl] = (1 - share_turned) * after[bowl] + share_turned * turned[bowl]
+        after[(rho >= 18) & (rho < 30)] *= 0.4  # the ground beyond changed all round
+        depth = after[(rho >= 7) & (rho < 12)].mean() - after[bowl].mean()
+        noise = np.random.default_rng(1).normal(0, rough * depth, int(bowl.sum()))
+        after[bowl] += noise.astype(after.dtype)
+        return raster(after)
+
+    sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
+    expected = 0.6 * math.cos(math.radians(45.0))
+    p = CraterParams()
+    clear = detect_craters(weakened(0.35), raster(before), **sun)
+    (k,) = match(clear, crater)
+    assert k is not None, clear
+    assert p.shading_ramp[0] * p.clear_bowl_shading_share * expected < clear.shading[k]
+    assert clear.shading[k] < 0.5 * (sum(p.shading_ramp)) * expected  # would score < 0.5
+    assert clear.enclosure[k] >= p.clear_bowl[0] and clear.roundness[k] >= p.clear_bowl[1]
+    assert clear.texture[k] <= p.clear_bowl[2]
+    # the allowance off: scored below the threshold, and not an isolated disturbance either
+    off = CraterParams(clear_bowl_shading_share=1.0, score_threshold=0.0)
+    strict = detect_craters(weakened(0.35), raster(before), params=off, **sun)
+    (k,) = match(strict, crater)
+    assert strict.score[k] < p.score_threshold
+    assert strict.far_change[k] > p.isolated_max_far_change
+    # a rough floor (texture about 0.2: still no penalty of its own, but no clear bowl)
+    rough = detect_craters(weakened(0.35, rough=0.3), raster(before), **sun)
+    assert match(rough, crater) == [None]
+    lax = CraterParams(clear_bowl=(0.85, 0.85, 0.25))  # that floor let pass: kept
+    assert (
+        match(detect_craters(weakened(0.35, 0.3), raster(before), params=lax, **sun), crater)[0]
+        is not None
+    )
+    # the walls' shading swapped (a mound's dipole): never a crater
+    assert match(detect_craters(weakened(0.65), raster(before), **sun), crater) == [None]
+    # the elevation not given, the same expected dipole assumed (a 45° highest sun, no
+    # calibration): no allowance on top of an assumption
+    assumed = CraterParams(max_sun_elevation_deg=45.0, calibrate_shading=False)
+    unknown = detect_craters(weakened(0.35), raster(before), params=assumed, sun_azimuth_deg=135.0)
+    assert match(unknown, crater) == [None]
+
+
 def test_detect_craters__moved_shadow_on_one_side_does_not_break_isolation() -> None:
     # the weakly shaded isolated 6 m crater of the test above, with the ground beyond it (3-5 R)
     # darkened on one side, as a building's cast shadow that moved with the sun does: most of
@@ -1051,7 +1107,9 @@ def test_detect_craters__moved_shadow_on_one_side_does_not_break_isolation() -> 
     assert found.far_change[0] <= CraterParams().isolated_max_far_change
     all_round = after.copy()
     all_round[(rho >= 18) & (rho < 30)] *= 0.4
-    assert match(detect_craters(raster(all_round), raster(before), **sun), crater) == [None]
+    strict = CraterParams(clear_bowl_shading_share=1.0)  # the dipole alone would not keep it
+    found = detect_craters(raster(all_round), raster(before), params=strict, **sun)
+    assert match(found, crater) == [None]
 
 
 def test_detect_craters__shading_calibrated_on_the_scenes_isolated_craters() -> None:
@@ -1083,9 +1141,12 @@ def test_detect_craters__shading_calibrated_on_the_scenes_isolated_craters() -> 
     assert cal["expected_dipole"] == pytest.approx(found.shading[0], abs=1e-4)
     assert cal["expected_dipole"] > 2 * cal["assumed_expected_dipole"]
     assert 0 < found.shading[0] < 0.6  # about 0.6 cos 45° = 0.42, the sun it was rendered under
-    # with the elevation known nothing is calibrated
-    both = detect_craters(*pair, sun_azimuth_deg=135.0, sun_elevation_deg=45.0)
+    # with the elevation known nothing is calibrated (the patch, round, enclosed and smooth,
+    # is a clear bowl whose weak dipole CraterParams.clear_bowl_shading_share lets pass)
+    strict = CraterParams(clear_bowl_shading_share=1.0)
+    both = detect_craters(*pair, params=strict, sun_azimuth_deg=135.0, sun_elevation_deg=45.0)
     assert both.attrs["shading_calibration"] is None and match(both, crater) == [0]
+    assert len(both) == 1
 
 
 @pytest.mark.parametrize("sun_az", [135.0, 250.0])
