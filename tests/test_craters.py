@@ -167,6 +167,22 @@ def _small_crater_site(d_m: float) -> tuple[np.ndarray, np.ndarray, list]:
     return render((128, 128), seed=5), render((128, 128), craters=crater, seed=5), crater
 
 
+def _weak_dipole_crater(share_turned: float) -> tuple[np.ndarray, np.ndarray, list, np.ndarray]:
+    """``(before, after, crater, rho)``: the small-crater site's ground with a 6 m crater whose
+    bowl is blended with itself turned 180° about its centre (``share_turned`` of it: the
+    dipole falls to ``1 − 2 × share_turned`` of the rendered one, its shape stays; 1 gives a
+    mound's dipole). ``rho``: each pixel's distance from the centre, px."""
+    before, _, _ = _small_crater_site(2.0)
+    crater = [(64.0, 64.0, 6.0)]
+    after = render((128, 128), craters=crater, seed=5)
+    yy, xx = np.mgrid[0:128, 0:128]
+    rho = np.hypot(yy - 64, xx - 64)
+    bowl = rho < 6.5
+    turned = np.roll(after[::-1, ::-1], (1, 1), axis=(0, 1))  # 180° about (64, 64)
+    after[bowl] = (1 - share_turned) * after[bowl] + share_turned * turned[bowl]
+    return before, after, crater, rho
+
+
 @pytest.mark.parametrize("d_m", [1.6, 2.0])
 def test_detect_craters__small_isolated_crater_is_found_with_a_before_image(d_m: float) -> None:
     # 3-4 px across: no shading test, but a fresh apron on ground that is otherwise unchanged
@@ -238,13 +254,7 @@ def test_detect_craters__small_dark_gap_in_a_field_of_change_is_not_kept() -> No
 def test_detect_craters__isolated_crater_with_a_weak_dipole_needs_only_its_sign() -> None:
     # a 6 m crater whose bowl is made 40 % point-symmetric (a shallow bowl, an irregular floor):
     # its dipole falls below shading_ramp, but it is an isolated fresh disturbance
-    before, _, _ = _small_crater_site(2.0)
-    crater = [(64.0, 64.0, 6.0)]
-    after = render((128, 128), craters=crater, seed=5)
-    yy, xx = np.mgrid[0:128, 0:128]
-    bowl = np.hypot(yy - 64, xx - 64) < 6.5
-    turned = np.roll(after[::-1, ::-1], (1, 1), axis=(0, 1))  # 180° about (64, 64)
-    after[bowl] = 0.6 * after[bowl] + 0.4 * turned[bowl]
+    before, after, crater, _ = _weak_dipole_crater(0.4)
     sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
     found = detect_craters(raster(after), raster(before), **sun)
     assert match(found, crater) == [0] and found.new[0], found
@@ -255,8 +265,7 @@ def test_detect_craters__isolated_crater_with_a_weak_dipole_needs_only_its_sign(
     off = CraterParams(isolated_max_far_change=0.0, clear_bowl_shading_share=1.0)
     assert match(detect_craters(raster(after), raster(before), params=off, **sun), crater) == [None]
     # turned into a mound's dipole (the walls' shading swapped), isolation does not keep it
-    mound = after.copy()
-    mound[bowl] = turned[bowl]
+    _, mound, _, _ = _weak_dipole_crater(1.0)
     assert match(detect_craters(raster(mound), raster(before), **sun), crater) == [None]
 
 
@@ -1037,23 +1046,16 @@ def test_detect_craters__clear_bowl_needs_less_dipole_with_the_elevation_given()
     # as small bowls and high suns show) and the ground beyond it changed all round (no
     # isolated fresh disturbance): round, enclosed and smooth-floored, it is kept; the same
     # bowl with a rough floor, or with the allowance off, is not; a mound never is
-    before, _, _ = _small_crater_site(2.0)
-    crater = [(64.0, 64.0, 6.0)]
-    base = render((128, 128), craters=crater, seed=5)
-    yy, xx = np.mgrid[0:128, 0:128]
-    rho = np.hypot(yy - 64, xx - 64)
-    bowl = rho < 6.5
-    turned = np.roll(base[::-1, ::-1], (1, 1), axis=(0, 1))
-
     def weakened(share_turned: float, rough: float = 0.0) -> xr.DataArray:
-        after = base.copy()
-        after[bowl] = (1 - share_turned) * after[bowl] + share_turned * turned[bowl]
+        _, after, _, rho = _weak_dipole_crater(share_turned)
+        bowl = rho < 6.5
         after[(rho >= 18) & (rho < 30)] *= 0.4  # the ground beyond changed all round
         depth = after[(rho >= 7) & (rho < 12)].mean() - after[bowl].mean()
         noise = np.random.default_rng(1).normal(0, rough * depth, int(bowl.sum()))
         after[bowl] += noise.astype(after.dtype)
         return raster(after)
 
+    before, _, crater, _ = _weak_dipole_crater(0.35)
     sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
     expected = 0.6 * math.cos(math.radians(45.0))
     p = CraterParams()
@@ -1091,14 +1093,8 @@ def test_detect_craters__moved_shadow_on_one_side_does_not_break_isolation() -> 
     # the weakly shaded isolated 6 m crater of the test above, with the ground beyond it (3-5 R)
     # darkened on one side, as a building's cast shadow that moved with the sun does: most of
     # the ground beyond is unchanged, so it is still isolated; darkened all round it is not
-    before, _, _ = _small_crater_site(2.0)
-    crater = [(64.0, 64.0, 6.0)]
-    after = render((128, 128), craters=crater, seed=5)
+    before, after, crater, rho = _weak_dipole_crater(0.4)
     yy, xx = np.mgrid[0:128, 0:128]
-    rho = np.hypot(yy - 64, xx - 64)
-    bowl = rho < 6.5
-    turned = np.roll(after[::-1, ::-1], (1, 1), axis=(0, 1))
-    after[bowl] = 0.6 * after[bowl] + 0.4 * turned[bowl]
     sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
     one_side = after.copy()
     one_side[(xx >= 84) & (xx < 94) & (yy >= 50) & (yy < 78)] *= 0.4  # 5 m x 14 m, east
