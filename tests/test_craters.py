@@ -1063,7 +1063,7 @@ def test_detect_craters__clear_bowl_needs_less_dipole_with_the_elevation_given()
     (k,) = match(clear, crater)
     assert k is not None, clear
     assert p.shading_ramp[0] * p.clear_bowl_shading_share * expected < clear.shading[k]
-    assert clear.shading[k] < 0.5 * (sum(p.shading_ramp)) * expected  # would score < 0.5
+    assert clear.shading[k] < 0.5 * sum(p.shading_ramp) * expected  # would score < 0.5
     assert clear.enclosure[k] >= p.clear_bowl[0] and clear.roundness[k] >= p.clear_bowl[1]
     assert clear.texture[k] <= p.clear_bowl[2]
     # the allowance off: scored below the threshold, and not an isolated disturbance either
@@ -1137,12 +1137,15 @@ def test_detect_craters__shading_calibrated_on_the_scenes_isolated_craters() -> 
     assert cal["expected_dipole"] == pytest.approx(found.shading[0], abs=1e-4)
     assert cal["expected_dipole"] > 2 * cal["assumed_expected_dipole"]
     assert 0 < found.shading[0] < 0.6  # about 0.6 cos 45° = 0.42, the sun it was rendered under
-    # with the elevation known nothing is calibrated (the patch, round, enclosed and smooth,
-    # is a clear bowl whose weak dipole CraterParams.clear_bowl_shading_share lets pass)
+    # with the elevation known nothing is calibrated; the patch, round, enclosed and smooth,
+    # is a clear bowl, whose weak dipole CraterParams.clear_bowl_shading_share lets pass
+    given = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
+    both = detect_craters(*pair, **given)
+    assert both.attrs["shading_calibration"] is None
+    assert sorted(match(both, crater + patch)) == [0, 1] and len(both) == 2
     strict = CraterParams(clear_bowl_shading_share=1.0)
-    both = detect_craters(*pair, params=strict, sun_azimuth_deg=135.0, sun_elevation_deg=45.0)
-    assert both.attrs["shading_calibration"] is None and match(both, crater) == [0]
-    assert len(both) == 1
+    both = detect_craters(*pair, params=strict, **given)
+    assert match(both, crater + patch) == [0, None] and len(both) == 1
 
 
 @pytest.mark.parametrize("sun_az", [135.0, 250.0])
