@@ -180,6 +180,10 @@ _MIN_DIAMETER_PX = 5.0
 #: 3-5 px are kept only as isolated fresh disturbances (``CraterParams.isolated_max_far_change``).
 _MIN_SMALL_DIAMETER_PX = 3.0
 
+#: A second hypothesis (``CraterParams.nested_radii``) whose refined radius is at least this
+#: share of its parent's found the parent's circle again: it is dropped as a duplicate.
+_NESTED_MAX_SHARE = 0.8
+
 
 @dataclass(frozen=True)
 class CraterParams:
@@ -275,6 +279,16 @@ class CraterParams:
         dipole of the wrong sign (a mound, a tree) still scores 0. Not applied with the
         elevation unknown: the expected dipole is then already that of the highest plausible
         sun or the scene's own calibration. ``clear_bowl_shading_share = 1`` turns it off.
+    nested_radii, nested_bowl
+        A crater in the rubble of a collapsed building, or beside a dark shadow, merges with
+        it into one larger dark blob: the LoG responds most at the blob's scale and the radius
+        fit finds the blob's edge, not the bowl's rim. Every candidate is therefore also
+        refined from these shares of its radius (where that start is still a bowl judged by
+        shape, 5 px across), and a circle so found that is not its parent's again (under 0.8
+        of its radius) is measured as a second hypothesis. It must be round and smooth-floored
+        beyond doubt, ``roundness`` at least ``nested_bowl[0]`` and ``texture`` at most
+        ``nested_bowl[1]``: a patch between fragments of rubble is dark and roundish too, but
+        rough. Of overlapping hypotheses the stronger is kept. ``()`` turns it off.
     max_sun_elevation_deg
         With the azimuth known but not the elevation, ``shading_ramp`` applies to the dipole
         expected under a sun this high: the weakest shading a bowl can show at any plausible
@@ -429,6 +443,8 @@ class CraterParams:
     shading_ramp: tuple[float, float] = (0.4, 0.7)
     clear_bowl: tuple[float, float, float] = (0.85, 0.85, 0.12)
     clear_bowl_shading_share: float = 0.5
+    nested_radii: tuple[float, ...] = (0.5, 0.7)
+    nested_bowl: tuple[float, float] = (0.75, 0.12)
     max_sun_elevation_deg: float = 70.0
     calibrate_shading: bool = True
     azimuth_from_craters: bool = True
@@ -474,6 +490,11 @@ class CraterParams:
             raise ValueError(
                 "CraterParams: clear_bowl must be (enclosure, roundness, texture) and "
                 f"clear_bowl_shading_share lie in (0, 1], not {self.clear_bowl_shading_share}"
+            )
+        if not all(0 < share < 1 for share in self.nested_radii) or len(self.nested_bowl) != 2:
+            raise ValueError(
+                "CraterParams: nested_radii must be shares in (0, 1) of a candidate's radius "
+                f"(not {self.nested_radii}) and nested_bowl (roundness, texture)"
             )
         if not 0 < self.max_sun_elevation_deg < 90:
             raise ValueError(
@@ -762,6 +783,16 @@ def _detect_tile(
         keep = np.ones(len(cand), bool)
         keep[drop] = False
         cand, irow, icol = cand[keep], irow[keep], icol[keep]
+    # second hypotheses: each blob also refined from smaller radii (CraterParams.nested_radii)
+    n_blobs = len(cand)
+    parent = np.arange(n_blobs)
+    for share in p.nested_radii:
+        at = np.nonzero(2 * share * cand[:n_blobs, 2] >= _MIN_DIAMETER_PX)[0]
+        sub = cand[at].copy()
+        sub[:, 2] *= share
+        cand = np.concatenate([cand, sub])
+        irow, icol = np.concatenate([irow, irow[at]]), np.concatenate([icol, icol[at]])
+        parent = np.concatenate([parent, at])
     ref_dy, ref_dx, ref_r = refine_all(filled, irow, icol, cand[:, 2])
     del filled  # the tile's working set: keep only what the measurements read
     # re-centre on the refined integer pixel so the measurement is position independent
@@ -776,7 +807,10 @@ def _detect_tile(
         & (diam_px >= d_px[0] / 1.15)
         & (diam_px <= d_px[1] * 1.15)
     )
+    nested = parent != np.arange(len(parent))
+    keep &= ~nested | (ref_r < _NESTED_MAX_SHARE * ref_r[parent])
     sel = np.nonzero(keep)[0]
+    nested = nested[sel]
     row2, col2, dy2, dx2, rad = row2[sel], col2[sel], dy2[sel], dx2[sel], ref_r[sel]
     m = measure_all(lum, row2, col2, dy2, dx2, rad, sun_px)
 
@@ -817,6 +851,13 @@ def _detect_tile(
         * ramps(m["roundness"], *p.roundness_ramp)
         * (1 - ramps(texture, *p.texture_ramp))
     )
+    if nested.any():
+        # a second hypothesis inside a larger blob: round and smooth beyond doubt, or nothing
+        rnd_n, tex_n = p.nested_bowl
+        sure = (m["roundness"] >= rnd_n) & (
+            np.where(np.isfinite(texture), texture, np.inf) <= tex_n
+        )
+        score = np.where(nested & ~sure, 0.0, score)
     ejecta_part = 1 - p.ejecta_weight + p.ejecta_weight * ramps(ejecta, *p.ejecta_ramp)
     surround = np.full(len(sel), np.nan)
     inside = np.zeros(len(sel), bool)
