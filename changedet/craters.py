@@ -284,8 +284,11 @@ class CraterParams:
         it into one larger dark blob: the LoG responds most at the blob's scale and the radius
         fit finds the blob's edge, not the bowl's rim. Every candidate is therefore also
         refined from these shares of its radius (where that start is still a bowl judged by
-        shape, 5 px across), and a circle so found that is not its parent's again (under 0.8
-        of its radius) is measured as a second hypothesis. It must be round and smooth-floored
+        shape, 5 px across), started at its centre and, where that lies off the centre (by
+        more than 0.2 of its radius), at its darkest point within 0.8 of its radius (a bowl is
+        the darkest part of such a blob, its shadowed wall darkest of all; smoothed at the
+        smallest bowl's scale, 2 px). A circle so found that is not its parent's again (under
+        0.8 of its radius) is measured as a second hypothesis. It must be round and smooth-floored
         beyond doubt, ``roundness`` at least ``nested_bowl[0]`` and ``texture`` at most
         ``nested_bowl[1]``: a patch between fragments of rubble is dark and roundish too, but
         rough. Of overlapping hypotheses the stronger is kept. ``()`` turns it off.
@@ -783,16 +786,23 @@ def _detect_tile(
         keep = np.ones(len(cand), bool)
         keep[drop] = False
         cand, irow, icol = cand[keep], irow[keep], icol[keep]
-    # second hypotheses: each blob also refined from smaller radii (CraterParams.nested_radii)
+    # second hypotheses: each blob also refined from smaller radii (CraterParams.nested_radii),
+    # started at its centre and at its darkest point where that lies off the centre
     n_blobs = len(cand)
     parent = np.arange(n_blobs)
+    if p.nested_radii:
+        dark_r, dark_c = _darkest_within(filled, irow, icol, 0.8 * cand[:, 2])
+        off = np.hypot(dark_r - irow, dark_c - icol) > 0.2 * cand[:, 2]
     for share in p.nested_radii:
         at = np.nonzero(2 * share * cand[:n_blobs, 2] >= _MIN_DIAMETER_PX)[0]
-        sub = cand[at].copy()
+        at_off = at[off[at]]
+        sub = np.concatenate([cand[at], cand[at_off]])
+        sub[len(at) :, 0], sub[len(at) :, 1] = dark_r[at_off], dark_c[at_off]
         sub[:, 2] *= share
         cand = np.concatenate([cand, sub])
-        irow, icol = np.concatenate([irow, irow[at]]), np.concatenate([icol, icol[at]])
-        parent = np.concatenate([parent, at])
+        irow = np.concatenate([irow, irow[at], dark_r[at_off]])
+        icol = np.concatenate([icol, icol[at], dark_c[at_off]])
+        parent = np.concatenate([parent, at, at_off])
     ref_dy, ref_dx, ref_r = refine_all(filled, irow, icol, cand[:, 2])
     del filled  # the tile's working set: keep only what the measurements read
     # re-centre on the refined integer pixel so the measurement is position independent
@@ -1038,6 +1048,41 @@ def _detect_tile(
         if y0 <= f["row"] < y1 and x0 <= f["col"] < x1:
             out.append(f)
     return out
+
+
+def _darkest_within(
+    img: np.ndarray, rows: np.ndarray, cols: np.ndarray, radius: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The darkest pixel of ``img`` smoothed at the smallest bowl's scale within each disc.
+
+    ``img`` is smoothed with a Gaussian of σ = ``_MIN_DIAMETER_PX`` / 2.5 (2 px), so that a
+    single dark pixel or a gap between rubble fragments does not decide; then, for each centre
+    ``(rows, cols)``, the pixel of least value within ``radius`` (ties: the first in row-major
+    order). Discs are grouped by radius (candidates come at a few pyramid radii). Returns the
+    integer rows and columns.
+
+    Examples
+    --------
+    >>> img = np.ones((40, 40))
+    >>> img[24:29, 14:19] = 0.0
+    >>> _darkest_within(img, np.array([20]), np.array([20]), np.array([9.0]))
+    (array([26]), array([16]))
+    """
+    smooth = ndimage.gaussian_filter(img, _MIN_DIAMETER_PX / 2.5, mode="reflect")
+    ny, nx = smooth.shape
+    out_r, out_c = rows.astype(np.int64).copy(), cols.astype(np.int64).copy()
+    for r in np.unique(radius):
+        at = np.nonzero(radius == r)[0]
+        h = math.floor(float(r))
+        dy, dx = np.mgrid[-h : h + 1, -h : h + 1]
+        disc = np.hypot(dy, dx) <= r
+        dy, dx = dy[disc], dx[disc]
+        yy = np.clip(rows[at, None] + dy[None], 0, ny - 1)
+        xx = np.clip(cols[at, None] + dx[None], 0, nx - 1)
+        k = np.argmin(smooth[yy, xx], axis=1)
+        out_r[at] = yy[np.arange(len(at)), k]
+        out_c[at] = xx[np.arange(len(at)), k]
+    return out_r, out_c
 
 
 def _isolation(
