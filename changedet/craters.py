@@ -853,6 +853,8 @@ def _detect_tile(
         # NaN (a bowl of under 3 px) tells nothing: no penalty
         texture = np.where(depth > 0, m["sd_in"] / np.where(depth > 0, depth, 1.0), np.nan)
         ring_texture = np.where(depth > 0, m["sd_ring"] / np.where(depth > 0, depth, 1.0), np.nan)
+    # texture for the shape rules below: a floor too small to measure proves no smoothness
+    floor_texture = np.where(np.isfinite(texture), texture, np.inf)
     ok = np.isfinite(depth) & (m["valid"] >= p.min_valid) & (depth > 0)
     score = (
         ramps(depth, *p.contrast_ramp)
@@ -864,9 +866,7 @@ def _detect_tile(
     if nested.any():
         # a second hypothesis inside a larger blob: round and smooth beyond doubt, or nothing
         rnd_n, tex_n = p.nested_bowl
-        sure = (m["roundness"] >= rnd_n) & (
-            np.where(np.isfinite(texture), texture, np.inf) <= tex_n
-        )
+        sure = (m["roundness"] >= rnd_n) & (floor_texture <= tex_n)
         score = np.where(nested & ~sure, 0.0, score)
     ejecta_part = 1 - p.ejecta_weight + p.ejecta_weight * ramps(ejecta, *p.ejecta_ramp)
     surround = np.full(len(sel), np.nan)
@@ -895,11 +895,7 @@ def _detect_tile(
         if clear_bowls:
             # a bowl whose shape leaves little doubt: a weaker dipole suffices (CraterParams)
             enc_c, rnd_c, tex_c = p.clear_bowl
-            clear = (
-                (m["enclosure"] >= enc_c)
-                & (m["roundness"] >= rnd_c)
-                & (np.where(np.isfinite(texture), texture, np.inf) <= tex_c)
-            )
+            clear = (m["enclosure"] >= enc_c) & (m["roundness"] >= rnd_c) & (floor_texture <= tex_c)
             share = p.clear_bowl_shading_share * expected_dipole
             part = np.where(clear, np.maximum(part, ramps(sh, lo_s * share, hi_s * share)), part)
         part = np.where(np.isfinite(sh) & ~small, part, 1.0)
