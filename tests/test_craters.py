@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 
 import geopandas as gpd
 import numpy as np
@@ -1183,26 +1184,26 @@ def _assert_same_craters(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame) -> None:
     np.testing.assert_allclose(da, db, rtol=0.02)
 
 
-def test_detect_craters__crater_merged_with_rubble_is_found_as_a_second_hypothesis(
-    tmp_path,
-) -> None:
-    # a generated site (seed 1075, no misregistration) where a 7.9 m crater lies at the edge
-    # of a building it brought down: bowl and dark rubble make one larger blob, whose scale the
-    # LoG picks and whose edge the radius fit finds. Refined again from half and 0.7 of that
-    # radius, the bowl is found; every other detection stays
+def _generated_site_finder(
+    tmp_path, seed: int, diameter_m: float
+) -> tuple[gpd.GeoDataFrame, int, Callable[..., tuple[gpd.GeoDataFrame, dict[int, int]]]]:
+    """A generated site without misregistration (the after image on the before grid,
+    normalised): its true craters, the index of the one of ``diameter_m``, and
+    ``found(params)``: the new craters, both sun angles and footprints given, and
+    ``{truth index: detection index}``."""
     from changedet.evaluate import match_craters
     from changedet.normalize import RelativeNormalizer
     from changedet.synthetic import SceneSettings, generate_site
 
     site = generate_site(
-        tmp_path, SceneSettings(seed=1075, size_px=768, shift_px=(0.0, 0.0)), workers=1
+        tmp_path, SceneSettings(seed=seed, size_px=768, shift_px=(0.0, 0.0)), workers=1
     )
     before = rioxarray.open_rasterio(site / "before.tif").astype("float32").load()
-    after = rioxarray.open_rasterio(site / "after.tif").astype("float32").load()
-    after = RelativeNormalizer().fit_and_apply(before, after)
+    after = RelativeNormalizer().fit_and_apply(
+        before, rioxarray.open_rasterio(site / "after.tif").astype("float32").load()
+    )
     truth = gpd.read_file(site / "truth" / "craters.geojson").to_crs(before.rio.crs)
-    (crater,) = np.nonzero(np.isclose(truth.diameter_m.to_numpy(), 7.912, atol=0.01))[0]
-    assert truth.on[crater] == "building"
+    (crater,) = np.nonzero(np.isclose(truth.diameter_m.to_numpy(), diameter_m, atol=0.01))[0]
     az, el = json.loads((site / "truth" / "scene.json").read_text())["settings"]["sun_after"]
     kw = {
         "sun_azimuth_deg": az,
@@ -1210,11 +1211,25 @@ def test_detect_craters__crater_merged_with_rubble_is_found_as_a_second_hypothes
         "footprints": gpd.read_file(site / "footprints.geojson"),
     }
 
-    def found(params: CraterParams) -> tuple[gpd.GeoDataFrame, dict[int, int]]:
+    def found(
+        params: CraterParams | None = None,
+    ) -> tuple[gpd.GeoDataFrame, dict[int, int]]:
         det = detect_craters(after, before, params=params, **kw)
         det = det[det.new.astype(bool)].reset_index(drop=True)
         return det, {t: d for d, t, _ in match_craters(det, truth)}
 
+    return truth, int(crater), found
+
+
+def test_detect_craters__crater_merged_with_rubble_is_found_as_a_second_hypothesis(
+    tmp_path,
+) -> None:
+    # a generated site (seed 1075, no misregistration) where a 7.9 m crater lies at the edge
+    # of a building it brought down: bowl and dark rubble make one larger blob, whose scale the
+    # LoG picks and whose edge the radius fit finds. Refined again from half and 0.7 of that
+    # radius, the bowl is found; every other detection stays
+    truth, crater, found = _generated_site_finder(tmp_path, 1075, 7.912)
+    assert truth.on[crater] == "building"
     one, hit_one = found(CraterParams(nested_radii=()))
     assert crater not in hit_one
     both, hit_both = found(CraterParams())
@@ -1236,32 +1251,8 @@ def test_detect_craters__crater_beside_a_larger_dark_blob_is_found_from_its_dark
     # larger dark blob whose centre lies well off the bowl: started at that centre the second
     # hypotheses do not reach it; started at the blob's darkest point they do
     import changedet.craters as craters_mod
-    from changedet.evaluate import match_craters
-    from changedet.normalize import RelativeNormalizer
-    from changedet.synthetic import SceneSettings, generate_site
 
-    site = generate_site(
-        tmp_path, SceneSettings(seed=1033, size_px=768, shift_px=(0.0, 0.0)), workers=1
-    )
-    before = rioxarray.open_rasterio(site / "before.tif").astype("float32").load()
-    after = RelativeNormalizer().fit_and_apply(
-        before, rioxarray.open_rasterio(site / "after.tif").astype("float32").load()
-    )
-    truth = gpd.read_file(site / "truth" / "craters.geojson").to_crs(before.rio.crs)
-    (crater,) = np.nonzero(np.isclose(truth.diameter_m.to_numpy(), 7.68, atol=0.01))[0]
-    az, el = json.loads((site / "truth" / "scene.json").read_text())["settings"]["sun_after"]
-
-    def found() -> tuple[gpd.GeoDataFrame, dict[int, int]]:
-        det = detect_craters(
-            after,
-            before,
-            sun_azimuth_deg=az,
-            sun_elevation_deg=el,
-            footprints=gpd.read_file(site / "footprints.geojson"),
-        )
-        det = det[det.new.astype(bool)].reset_index(drop=True)
-        return det, {t: d for d, t, _ in match_craters(det, truth)}
-
+    _, crater, found = _generated_site_finder(tmp_path, 1033, 7.68)
     both, hit_both = found()
     assert crater in hit_both
     k = hit_both[crater]
