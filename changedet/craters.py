@@ -180,6 +180,10 @@ _MIN_DIAMETER_PX = 5.0
 #: 3-5 px are kept only as isolated fresh disturbances (``CraterParams.isolated_max_far_change``).
 _MIN_SMALL_DIAMETER_PX = 3.0
 
+#: Least diameter (px) of a bowl that :attr:`CraterParams.shaded_bowl` may vouch for: its
+#: dipole measured over fewer pixels can be a chance gradient (at 5 px false craters came).
+_SHADED_BOWL_MIN_PX = 8.0
+
 #: A second hypothesis (``CraterParams.nested_radii``) whose refined radius is at least this
 #: share of its parent's found the parent's circle again: it is dropped as a duplicate.
 _NESTED_MAX_SHARE = 0.8
@@ -292,6 +296,20 @@ class CraterParams:
         beyond doubt, ``roundness`` at least ``nested_bowl[0]`` and ``texture`` at most
         ``nested_bowl[1]``: a patch between fragments of rubble is dark and roundish too, but
         rough. Of overlapping hypotheses the stronger is kept. ``()`` turns it off.
+    shaded_bowl
+        With both sun angles and a before image: a bowl 8 px or more across whose walls show the full
+        dipole the sun predicts (``shading`` at least ``shading_ramp[1]`` of it) and whose
+        floor is smooth (``texture`` at most ``shaded_bowl[0]``) is a depression beyond
+        doubt: a flat dark patch or a cast shadow has no dipole, a roof or a tree (a mound)
+        the opposite one, rubble a rough floor. Its ``enclosure`` and ``ejecta`` are then not
+        held against it, and its roundness ramp starts at ``shaded_bowl[1]`` instead of
+        ``roundness_ramp[0]``: a bowl beside dark rubble, a collapsed roof or a shadow has no
+        bright ring or ejecta on that side, and the dark mass touching its rim skews its
+        shape. It must still pass every test that can rule a blob out (roundness above
+        ``roundness_ramp[0]``, any enclosure), and be new with its surroundings changed
+        (``min_surround_change``): without a before image, a dark car or a shadow straddling
+        the edge of a road or a roof shows such a dipole too, and nothing tells it from a
+        bowl. ``shaded_bowl[0] = 0`` turns it off.
     max_sun_elevation_deg
         With the azimuth known but not the elevation, ``shading_ramp`` applies to the dipole
         expected under a sun this high: the weakest shading a bowl can show at any plausible
@@ -448,6 +466,7 @@ class CraterParams:
     clear_bowl_shading_share: float = 0.5
     nested_radii: tuple[float, ...] = (0.5, 0.7)
     nested_bowl: tuple[float, float] = (0.75, 0.12)
+    shaded_bowl: tuple[float, float] = (0.2, 0.3)
     max_sun_elevation_deg: float = 70.0
     calibrate_shading: bool = True
     azimuth_from_craters: bool = True
@@ -498,6 +517,12 @@ class CraterParams:
             raise ValueError(
                 "CraterParams: nested_radii must be shares in (0, 1) of a candidate's radius "
                 f"(not {self.nested_radii}) and nested_bowl (roundness, texture)"
+            )
+        tex_s, rnd_s = self.shaded_bowl
+        if not (tex_s >= 0 and 0 <= rnd_s < self.roundness_ramp[1]):
+            raise ValueError(
+                "CraterParams: shaded_bowl must be (texture >= 0, roundness in "
+                f"[0, roundness_ramp[1])), not {self.shaded_bowl}"
             )
         if not 0 < self.max_sun_elevation_deg < 90:
             raise ValueError(
@@ -899,6 +924,24 @@ def _detect_tile(
             share = p.clear_bowl_shading_share * expected_dipole
             part = np.where(clear, np.maximum(part, ramps(sh, lo_s * share, hi_s * share)), part)
         part = np.where(np.isfinite(sh) & ~small, part, 1.0)
+        if clear_bowls and lum_b is not None:
+            # a wide, smooth-floored bowl shaded as fully as the sun predicts: a depression
+            # beyond doubt, whatever lies against its rim; the before image shows whether it
+            # is new and its surroundings changed (CraterParams.shaded_bowl)
+            tex_s, rnd_s = p.shaded_bowl
+            shaded = (
+                (2 * rad >= _SHADED_BOWL_MIN_PX)
+                & (sh >= hi_s * expected_dipole)
+                & (floor_texture <= tex_s)
+                & (score > 0)  # passed every test that can rule a blob out
+            )
+            bowl_only = (
+                ramps(depth, *p.contrast_ramp)
+                * ramps(weber, *p.weber_ramp)
+                * ramps(m["roundness"], rnd_s, p.roundness_ramp[1])
+                * (1 - ramps(texture, *p.texture_ramp))
+            )
+            score = np.where(shaded, np.maximum(score, bowl_only), score)
     # an isolated fresh disturbance, the blast all that changed there (see CraterParams)
     far = np.full(len(sel), np.nan)
     isolated = np.zeros(len(sel), bool)

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Callable
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -665,8 +666,15 @@ def test_detect_craters__no_ejecta_penalty_inside_a_broken_building() -> None:
     d, half = 8.0, 18
     after, before, fp = _crater_in_a_broken_building(d, half, yard=1.5)
     sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
-    p = CraterParams(score_threshold=0.0)
     truth = [(80.0, 80.0, d)]
+    # a bowl this smooth and this fully shaded is spared the ejecta test anyway
+    # (CraterParams.shaded_bowl); the rest of this test holds it to that test
+    spared = detect_craters(
+        raster(after), raster(before), params=CraterParams(score_threshold=0.0), **sun
+    )
+    k = match(spared, truth)[0]
+    assert k is not None and spared.score[k] == pytest.approx(1.0, abs=0.01)
+    p = CraterParams(score_threshold=0.0, shaded_bowl=(0.0, 0.3))
     plain = detect_craters(raster(after), raster(before), params=p, **sun)
     k = match(plain, truth)[0]
     assert k is not None and plain.ejecta[k] < p.ejecta_ramp[0]
@@ -682,7 +690,7 @@ def test_detect_craters__no_ejecta_penalty_inside_a_broken_building() -> None:
     chunked = detect_craters(
         raster(after).chunk({"x": 70, "y": 90}),
         raster(before).chunk({"x": 70, "y": 90}),
-        params=CraterParams(score_threshold=0.0, tile_px=64),
+        params=dataclasses.replace(p, tile_px=64),
         footprints=fp,
         **sun,
     )
@@ -1189,8 +1197,9 @@ def _generated_site_finder(
 ) -> tuple[gpd.GeoDataFrame, int, Callable[..., tuple[gpd.GeoDataFrame, dict[int, int]]]]:
     """A generated site without misregistration (the after image on the before grid,
     normalised): its true craters, the index of the one of ``diameter_m``, and
-    ``found(params)``: the new craters, both sun angles and footprints given, and
-    ``{truth index: detection index}``."""
+    ``found(params, **given)``: the new craters, both sun angles and footprints given (or
+    what ``given`` passes to :func:`detect_craters` instead), and ``{truth index: detection
+    index}``."""
     from changedet.evaluate import match_craters
     from changedet.normalize import RelativeNormalizer
     from changedet.synthetic import SceneSettings, generate_site
@@ -1212,9 +1221,9 @@ def _generated_site_finder(
     }
 
     def found(
-        params: CraterParams | None = None,
+        params: CraterParams | None = None, **given: Any
     ) -> tuple[gpd.GeoDataFrame, dict[int, int]]:
-        det = detect_craters(after, before, params=params, **kw)
+        det = detect_craters(after, before, params=params, **{**kw, **given})
         det = det[det.new.astype(bool)].reset_index(drop=True)
         return det, {t: d for d, t, _ in match_craters(det, truth)}
 
@@ -1253,7 +1262,9 @@ def test_detect_craters__crater_beside_a_larger_dark_blob_is_found_from_its_dark
     import changedet.craters as craters_mod
 
     _, crater, found = _generated_site_finder(tmp_path, 1033, 7.68)
-    both, hit_both = found()
+    # (without the shaded-bowl rule, which also keeps the circle a centre start finds)
+    params = CraterParams(shaded_bowl=(0.0, 0.3))
+    both, hit_both = found(params)
     assert crater in hit_both
     k = hit_both[crater]
     assert both.diameter_m[k] == pytest.approx(7.68, rel=0.15)
@@ -1262,6 +1273,30 @@ def test_detect_craters__crater_beside_a_larger_dark_blob_is_found_from_its_dark
         return rows.astype(np.int64).copy(), cols.astype(np.int64).copy()
 
     monkeypatch.setattr(craters_mod, "_darkest_within", centres)
-    one, hit_one = found()
+    one, hit_one = found(params)
     assert crater not in hit_one
     _assert_same_craters(both.drop(index=k), one)
+
+
+def test_detect_craters__wide_bowl_shaded_as_the_sun_predicts_is_found_against_dark_ground(
+    tmp_path,
+) -> None:
+    # a generated site (seed 1012, no misregistration) where dark ground lies against an
+    # 11.6 m bowl's rim: its ring is not brighter than its floor all round (enclosure 0.16),
+    # which scores it under the threshold; its walls show the full dipole the sun predicts
+    # and its floor is smooth, so the shaded-bowl rule keeps it
+    _, crater, found = _generated_site_finder(tmp_path, 1012, 11.58)
+    off, hit_off = found(CraterParams(shaded_bowl=(0.0, 0.3)))
+    assert crater not in hit_off
+    on, hit_on = found(CraterParams())
+    assert crater in hit_on
+    k = hit_on[crater]
+    p = CraterParams()
+    assert on.enclosure[k] < p.enclosure_ramp[1] and on.texture[k] <= p.shaded_bowl[0]
+    assert on.diameter_m[k] == pytest.approx(11.58, rel=0.1)
+    # every other detection is the same crater
+    _assert_same_craters(on.drop(index=k), off)
+    # a rougher floor than the rule allows: not kept
+    assert crater not in found(CraterParams(shaded_bowl=(0.5 * float(on.texture[k]), 0.3)))[1]
+    # the elevation unknown, the dipole the bowl should show is not known: no rule
+    assert crater not in found(sun_elevation_deg=None)[1]
