@@ -297,9 +297,9 @@ class CraterParams:
         ``nested_bowl[1]``: a patch between fragments of rubble is dark and roundish too, but
         rough. Of overlapping hypotheses the stronger is kept. ``()`` turns it off.
     shaded_bowl
-        With both sun angles and a before image: a bowl 8 px or more across whose walls show the full
-        dipole the sun predicts (``shading`` at least ``shading_ramp[1]`` of it) and whose
-        floor is smooth (``texture`` at most ``shaded_bowl[0]``) is a depression beyond
+        With both sun angles and a before image: a bowl 8 px or more across whose walls show
+        the full dipole the sun predicts (``shading`` at least ``shading_ramp[1]`` of it) and
+        whose floor is smooth (``texture`` at most ``shaded_bowl[0]``) is a depression beyond
         doubt: a flat dark patch or a cast shadow has no dipole, a roof or a tree (a mound)
         the opposite one, rubble a rough floor. Its ``enclosure`` and ``ejecta`` are then not
         held against it, and its roundness ramp starts at ``shaded_bowl[1]`` instead of
@@ -881,12 +881,14 @@ def _detect_tile(
     # texture for the shape rules below: a floor too small to measure proves no smoothness
     floor_texture = np.where(np.isfinite(texture), texture, np.inf)
     ok = np.isfinite(depth) & (m["valid"] >= p.min_valid) & (depth > 0)
-    score = (
+    # the bowl's own evidence (darkness, smooth floor), then its ring's and its shape's
+    bowl = (
         ramps(depth, *p.contrast_ramp)
         * ramps(weber, *p.weber_ramp)
-        * ramps(m["enclosure"], *p.enclosure_ramp)
-        * ramps(m["roundness"], *p.roundness_ramp)
         * (1 - ramps(texture, *p.texture_ramp))
+    )
+    score = (
+        bowl * ramps(m["enclosure"], *p.enclosure_ramp) * ramps(m["roundness"], *p.roundness_ramp)
     )
     if nested.any():
         # a second hypothesis inside a larger blob: round and smooth beyond doubt, or nothing
@@ -935,13 +937,8 @@ def _detect_tile(
                 & (floor_texture <= tex_s)
                 & (score > 0)  # passed every test that can rule a blob out
             )
-            bowl_only = (
-                ramps(depth, *p.contrast_ramp)
-                * ramps(weber, *p.weber_ramp)
-                * ramps(m["roundness"], rnd_s, p.roundness_ramp[1])
-                * (1 - ramps(texture, *p.texture_ramp))
-            )
-            score = np.where(shaded, np.maximum(score, bowl_only), score)
+            spared = bowl * ramps(m["roundness"], rnd_s, p.roundness_ramp[1])
+            score = np.where(shaded, np.maximum(score, spared), score)
     # an isolated fresh disturbance, the blast all that changed there (see CraterParams)
     far = np.full(len(sel), np.nan)
     isolated = np.zeros(len(sel), bool)
