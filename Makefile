@@ -13,7 +13,7 @@ help:
 	@echo "make test   - set up .venv with test extras and run the test suite"
 	@echo "make lint   - ruff check + format check"
 	@echo "make bench  - run the benchmarks (writes benchmarks/RESULTS.md)"
-	@echo "make sample - regenerate sample_tiles/ bit for bit"
+	@echo "make sample - regenerate sample_tiles/ (bit for bit with the same scipy.fft)"
 	@echo "make bench-env - set up .venv-bench with AROSICS (co-registration baseline; needs libgdal-dev, apt-installed when root)"
 
 $(STAMP): pyproject.toml

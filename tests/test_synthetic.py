@@ -386,7 +386,12 @@ def test_write_samples__match_committed_sample_tiles(tmp_path: Path) -> None:
         for name in ("before.tif", "after.tif"):
             a, pa = _read(site / name)
             b, pb = _read(ref / name)
-            np.testing.assert_array_equal(a, b)
+            # bit for bit with the libraries that wrote them; the simulated JPEG's float32 DCT
+            # (scipy.fft) of another release may round a coefficient that lies on a half step
+            # the other way: one 8 x 8 block off by one grey level (seen with scipy 1.17.1)
+            diff = np.abs(a.astype(np.int64) - b.astype(np.int64))
+            assert diff.max(initial=0) <= 1, (site.name, name)
+            assert np.count_nonzero(diff) <= 2 * 64 * a.shape[0], (site.name, name)
             assert pa["crs"] == pb["crs"] and pa["transform"] == pb["transform"]
         for name in (
             "facilities.geojson",
