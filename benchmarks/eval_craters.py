@@ -21,7 +21,9 @@ rubble. ``fresh`` = seeds 1000-1119 are default scenes like ``report``, six time
 figures (one crater is 0.14 % recall there, 0.8 % on ``report``). In session 12 ``fresh``
 served to choose the shaded-bowl rule (its misses were looked at one by one), so it is a
 tuning split since; ``holdout`` = seeds 2000-2119, default scenes again (720 craters), took
-its place: run at the end only. Sites are cached under ``benchmarks/_work/`` (git-ignored).
+its place: run at the end only. ``holdout2`` = seeds 3000-3119 (720 craters), added in session 14
+because ``holdout`` had been run at the end of sessions 12 and 13: first run to judge session 14's
+weak candidates, never looked at per crater. Sites are cached under ``benchmarks/_work/`` (git-ignored).
 
 Truth craters smaller than the detector judges (under 5 px across: 2.5 m at 0.5 m) are counted as misses;
 recall for craters of at least 2 m is reported separately. ``on`` is the share of matched craters
@@ -65,6 +67,7 @@ SPLITS = {
     "dense": list(range(700, 720)),
     "fresh": list(range(1000, 1120)),
     "holdout": list(range(2000, 2120)),
+    "holdout2": list(range(3000, 3120)),
 }
 #: Seeds of crater fields (:data:`DENSE_CRATERS_KM2` craters per km², the shared sun).
 FIRST_DENSE_SEED = 700

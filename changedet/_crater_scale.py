@@ -163,6 +163,7 @@ def find_candidates(
     min_prominence: float,
     texture: np.ndarray | None = None,
     texture_min_radius_px: float = 0.0,
+    weak_prominence: float | None = None,
 ) -> np.ndarray:
     """Dark-blob candidates of one tile.
 
@@ -187,12 +188,20 @@ def find_candidates(
         of its response (a dark bowl stays dark without the specks; a gap among them does not).
     texture_min_radius_px
         Least radius, px, of the blobs judged against ``texture``.
+    weak_prominence
+        Optional lower floor for ``min_prominence``: a blob of the pyramid's own levels (not
+        those added below it) that fails both tests above but reaches this floor is returned
+        too, flagged *weak*: a crater against a shadow's edge or a wall stands out less from
+        that step than from open ground, and its own evidence (an ejecta apron) must then
+        decide. Weak blobs are suppressed among themselves and dropped within half a radius
+        of a stronger other candidate; they suppress no other.
 
     Returns
     -------
     numpy.ndarray
-        ``(n, 5)`` float64 rows ``(row, col, radius_px, response, local_mean)`` in tile pixels
-        (``local_mean``: mean of ``lum`` in a Gaussian window of ``2 r``), after
+        ``(n, 6)`` float64 rows ``(row, col, radius_px, response, local_mean, weak)`` in tile
+        pixels (``local_mean``: mean of ``lum`` in a Gaussian window of ``2 r``; ``weak``: 1
+        for a blob that passed ``weak_prominence`` only, else 0), after
         non-maximum suppression across scales: a candidate is dropped when a stronger one lies
         within half the larger of the two radii. Candidates of the ``scales.n_below`` levels
         added below the pyramid are suppressed among themselves, and dropped within half a
@@ -204,6 +213,7 @@ def find_candidates(
     rows: list[np.ndarray] = []
     below: list[np.ndarray] = []
     extra: list[np.ndarray] = []  # prominent against ``texture`` only
+    weak: list[np.ndarray] = []  # prominent above ``weak_prominence`` only
     cache: dict[int, np.ndarray] = {}
     tex_cache: dict[int, np.ndarray] = {}
     for k, (r, f) in enumerate(zip(scales.radii_px, scales.factors, strict=True)):
@@ -231,19 +241,28 @@ def find_candidates(
             dark = resp_t[iy[rest], ix[rest]] >= _TEXTURE_RESPONSE_SHARE * resp[iy[rest], ix[rest]]
             rest = rest[dark]
             by_texture[rest] = _prominent(tex, resp, iy[rest], ix[rest], r, f, min_prominence)[0]
-        for keep, into in ((ok, below if k < scales.n_below else rows), (by_texture, extra)):
+        by_weak = np.zeros(len(iy), bool)
+        if weak_prominence is not None and k >= scales.n_below:
+            rest = np.nonzero(~ok & ~by_texture)[0]
+            by_weak[rest] = _prominent(small, resp, iy[rest], ix[rest], r, f, weak_prominence)[0]
+        for keep, into, flag in (
+            (ok, below if k < scales.n_below else rows, 0.0),
+            (by_texture, extra, 0.0),
+            (by_weak, weak, 1.0),
+        ):
             if not keep.any():
                 continue
-            out = np.empty((int(keep.sum()), 5))
+            out = np.empty((int(keep.sum()), 6))
             out[:, 0] = iy[keep] * f + (f - 1) / 2.0
             out[:, 1] = ix[keep] * f + (f - 1) / 2.0
             out[:, 2] = r
             out[:, 3] = resp[iy[keep], ix[keep]]
             out[:, 4] = mean[keep]
+            out[:, 5] = flag
             into.append(out)
-    cand = np.concatenate(rows) if rows else np.empty((0, 5))
+    cand = np.concatenate(rows) if rows else np.empty((0, 6))
     cand = suppress(cand[:, :2], cand[:, 2], cand[:, 3], factor=0.5, rows=cand)
-    for more in (below, extra):
+    for more in (below, extra, weak):
         if not more:
             continue
         # suppressed among themselves; dropped within half a radius of a stronger one above

@@ -11,7 +11,9 @@ How a crater looks in 0.3–1 m imagery, and the measurement that tests each tra
   blobs must stand out from the texture around them, within ~2.5 or ~5 radii, whichever is
   calmer (``min_prominence``); bright debris specks (ejecta blocks, fragments in rubble) do
   not count as texture around a bowl of 4 m or more that stays dark without them
-  (``debris_width_m``);
+  (``debris_width_m``); a blob against a shadow's edge or a wall, which stands out less from
+  that step, is kept if it stands out a little (``weak_prominence``) and shows an ejecta apron
+  all round but where the step covers it (``weak_ejecta_ramp``);
 * **round, enclosed by a bright rim** — the dark-to-bright rim edge is found along 32 rays; a
   least-squares circle through the edges gives the centre, and the steepest dark-to-bright
   rise of the azimuthally averaged profile (corrected for blur) gives the radius
@@ -218,6 +220,16 @@ class CraterParams:
         (cut at 2.5 radii: bowl, rim and ejecta apron), whichever is smaller: the dark blob must stand out from the texture
         around it, and a building, edge or shadow that reaches only one of the two windows
         does not make a crater "not prominent".
+    weak_prominence, weak_ejecta_ramp
+        A blob that fails ``min_prominence`` but reaches ``weak_prominence`` (None: off) is a
+        candidate too, on one more condition: an ejecta apron all round. In each of 8 sectors
+        the ring (1.15–2 R) is compared with the ground beyond (2.3–3 R); the median of the
+        8 brightenings, over the bowl's depth, must reach ``weak_ejecta_ramp`` (the score is
+        scaled by that ramp). A crater dug against a shadow's edge, a wall or a kerb stands
+        out less from that step than from open ground, but its apron of bright, freshly
+        thrown soil and debris still sets it apart on the sides the step does not cover; the
+        dark gaps between clutter (a new car's shadow on a road, a gap amid rubble) have none,
+        and a bright neighbour on one side (a roof fixture, a lit wall) is not an apron.
     debris_width_m
         Bright specks narrower than this (ejecta blocks and the debris a crater field strews
         over the ground, bright fragments in rubble) are not texture a crater of at least
@@ -452,6 +464,8 @@ class CraterParams:
     scales_per_octave: int = 3
     min_response: float = 0.015
     min_prominence: float = 1.1
+    weak_prominence: float | None = 0.95
+    weak_ejecta_ramp: tuple[float, float] = (0.25, 0.4)
     debris_width_m: float = 1.5
     debris_min_diameter_m: float = 4.0
     contrast_ramp: tuple[float, float] = (0.03, 0.10)
@@ -494,6 +508,7 @@ class CraterParams:
                 f"{self.min_diameter_m} and {self.max_diameter_m} (metres); swap or fix them"
             )
         for name in (
+            "weak_ejecta",
             "contrast",
             "weber",
             "enclosure",
@@ -538,6 +553,11 @@ class CraterParams:
         if not self.road_width_m > 0:
             raise ValueError(
                 f"CraterParams: road_width_m must be > 0 metres, not {self.road_width_m}"
+            )
+        if self.weak_prominence is not None and not 0 < self.weak_prominence < self.min_prominence:
+            raise ValueError(
+                "CraterParams: weak_prominence must be None or lie in (0, min_prominence), "
+                f"not {self.weak_prominence}"
             )
         if self.scales_per_octave < 1 or self.tile_px < 64:
             raise ValueError("CraterParams: scales_per_octave >= 1 and tile_px >= 64 required")
@@ -778,6 +798,7 @@ def _detect_tile(
         params.min_prominence,
         opened,
         debris_min_radius_px,
+        params.weak_prominence,
     )
     del opened
     # candidates that can end (after refinement) in the core or next to it
@@ -969,6 +990,17 @@ def _detect_tile(
         grad[:, iso] = bowl_gradient(lum, row2[iso], col2[iso], dy2[iso], dx2[iso], rad[iso])
     # the factor the expected dipole set (what a scene-level calibration may replace)
     shading_part = np.where(~small & ~(isolated & dip) & np.isfinite(m["shading"]), part, np.nan)
+    # a blob that stood out from its surroundings only weakly: its ejecta apron must show,
+    # all round but where something (the shadow or wall it lies against) hides it: the
+    # median of 8 sectors, so a bright neighbour on one side (a roof fixture, a lit wall)
+    # is no apron
+    weak = cand[sel, 5] > 0
+    apron = np.full(len(sel), np.nan)
+    at = np.nonzero(weak & ok & (score >= p.score_threshold))[0]
+    if len(at):
+        apron[at] = _apron(lum, row2[at], col2[at], dy2[at], dx2[at], rad[at], depth[at])
+    weak_part = ramps(np.where(np.isfinite(apron), apron, 0.0), *p.weak_ejecta_ramp)
+    score = np.where(weak, score * weak_part, score)
     # colour evidence only scales the score down: measure it where the score can still pass
     ok &= score >= p.score_threshold
     greenness = np.full(len(sel), np.nan)
@@ -1119,6 +1151,34 @@ def _darkest_within(
         out_r[at] = yy[np.arange(len(at)), k]
         out_c[at] = xx[np.arange(len(at)), k]
     return out_r, out_c
+
+
+def _apron(
+    lum: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    dy: np.ndarray,
+    dx: np.ndarray,
+    radius: np.ndarray,
+    depth: np.ndarray | None = None,
+) -> np.ndarray:
+    """How much an ejecta apron brightens the ground all round, over the bowl's depth.
+
+    In each of 8 sectors, the mean of ``lum`` in the ring (``1.15–2 R``) less its mean beyond
+    (``2.3–3 R``); the median of the 8, over ``depth`` (default: the ring's mean less the
+    interior's, ``0–0.75 R``). NaN where no sector or no positive depth can be measured.
+    A shadow or wall against one side leaves the median to the other sides; a bright
+    neighbour on one side does not make it.
+    """
+    ring = annulus_means(lum, rows, cols, dy, dx, 1.15 * radius, 2.0 * radius, sectors=8)
+    beyond = annulus_means(lum, rows, cols, dy, dx, 2.3 * radius, 3.0 * radius, sectors=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no finite sector: NaN
+        if depth is None:
+            inner = annulus_means(lum, rows, cols, dy, dx, np.zeros(len(rows)), 0.75 * radius)
+            depth = np.nanmean(ring, axis=1) - inner
+        rise = np.nanmedian(ring - beyond, axis=1)
+    return rise / np.where(depth > 0, depth, np.nan)
 
 
 def _isolation(

@@ -927,10 +927,74 @@ def test_find_candidates__a_bowl_amid_bright_debris_stands_out_once_the_specks_a
     )
 
 
+def test_find_candidates__weak_blobs_are_flagged_and_leave_the_others_as_they_were() -> None:
+    # a bowl (5 px radius) with a bright apron, dug where a building's shadow begins at its
+    # eastern rim: the step from lit ground to shadow makes the texture around it nearly as
+    # strong as the bowl; it passes only the weak floor, and is flagged so
+    from changedet._crater_scale import find_candidates, make_scales
+
+    scales = make_scales(2.5, 12.0, 3)
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:96, 0:96]
+    rho = np.hypot(yy - 48, xx - 48) / 5.0
+    lum = 0.6 + 0.01 * rng.normal(size=(96, 96))
+    lum -= np.where(rho < 1, 0.2 * (1 - rho**2), 0.0)
+    lum += np.where((rho >= 1) & (rho < 2), 0.08 * (2 - rho), 0.0)
+    lum[:, 53:] -= 0.5
+
+    def at_bowl(cand: np.ndarray) -> np.ndarray:
+        return cand[np.hypot(cand[:, 0] - 48, cand[:, 1] - 48) < 2.5]
+
+    strict = find_candidates(lum, scales, 0.015, 1.1)
+    assert len(at_bowl(strict)) == 0 and (strict[:, 5] == 0).all()
+    both = find_candidates(lum, scales, 0.015, 1.1, weak_prominence=0.9)
+    assert len(at_bowl(both)) == 1 and at_bowl(both)[0, 5] == 1
+    # the candidates that passed the strict test are the same, in the same order
+    np.testing.assert_array_equal(both[both[:, 5] == 0], strict)
+
+
+def test_detect_craters__crater_against_a_shadow_is_found_by_its_ejecta(tmp_path) -> None:
+    # a generated site (seed 1045, no misregistration) where a 5.5 m crater on open ground
+    # lies against a building's shadow: not prominent enough against that step for the strict
+    # test, found as a weak candidate whose apron of ejecta shows; every other detection stays
+    truth, crater, found = _generated_site_finder(tmp_path, 1045, 5.515)
+    assert truth.on[crater] == "open"
+    strict, hit_strict = found(CraterParams(weak_prominence=None))
+    assert crater not in hit_strict
+    both, hit_both = found(CraterParams())
+    assert crater in hit_both
+    k = hit_both[crater]
+    _assert_same_craters(both.drop(index=k), strict)
+    # the apron decides: asked for one brighter than any, the weak blob is nothing
+    assert crater not in found(CraterParams(weak_ejecta_ramp=(5.0, 6.0)))[1]
+
+
+def test_apron__all_round_not_one_bright_neighbour() -> None:
+    # the apron of a weak candidate is the median of 8 sectors' ring-over-beyond brightening:
+    # a shadow over one side leaves it to the others; a bright object on one side of a bare
+    # dark blob raises the whole ring's mean (``ejecta``) but not the median
+    from changedet.craters import _apron
+
+    yy, xx = np.mgrid[0:80, 0:80]
+    rho = np.hypot(yy - 40, xx - 40) / 5.0
+    bowl = np.where(rho < 1, -0.2 * (1 - rho**2), 0.0)
+    ground = np.full((80, 80), 0.5)
+    at = (np.array([40]), np.array([40]), np.zeros(1), np.zeros(1), np.array([5.0]))
+    crater = ground + bowl + np.where((rho >= 1) & (rho < 2), 0.1, 0.0)
+    crater[:, 49:] -= 0.3  # a shadow from 1.8 radii east
+    assert _apron(crater, *at)[0] >= CraterParams().weak_ejecta_ramp[1]
+    blob = ground + bowl
+    blob[(rho >= 1.15) & (rho < 2) & (xx > 45)] += 0.3  # a lit wall or roof fixture, east
+    ring_mean = blob[(rho >= 1.15) & (rho < 2)].mean()
+    assert ring_mean - 0.5 > 0.05  # the whole ring is brighter than the ground beyond
+    assert abs(_apron(blob, *at)[0]) < 0.05
+
+
 def test_detect_craters__bright_debris_beside_a_shadow_does_not_hide_a_crater() -> None:
     # a 6 m crater, a building's shadow from 1.3 radii east, the sunlit ground around strewn
     # with bright debris of 0.5 m (a fifth of it, within 3 radii): found with the debris rule,
-    # not without it; the same on Dask chunks whose seams cross the bowl
+    # not without it (nor the weak candidates, which find it by its apron too); the same on
+    # Dask chunks whose seams cross the bowl
     d = 6.0
     yy, xx = np.mgrid[0:128, 0:128]
     rho = np.hypot(yy - 64, xx - 64) / (d / 2 / GSD)
@@ -944,7 +1008,10 @@ def test_detect_craters__bright_debris_beside_a_shadow_does_not_hide_a_crater() 
     sun = {"sun_azimuth_deg": 135.0, "sun_elevation_deg": 45.0}
     truth = [(64.0, 64.0, d)]
     off = detect_craters(
-        raster(after), raster(before), params=CraterParams(debris_width_m=0), **sun
+        raster(after),
+        raster(before),
+        params=CraterParams(debris_width_m=0, weak_prominence=None),
+        **sun,
     )
     assert match(off, truth) == [None]
     found = detect_craters(raster(after), raster(before), **sun)
