@@ -1160,23 +1160,19 @@ def _apron(
     dy: np.ndarray,
     dx: np.ndarray,
     radius: np.ndarray,
-    depth: np.ndarray | None = None,
+    depth: np.ndarray,
 ) -> np.ndarray:
     """How much an ejecta apron brightens the ground all round, over the bowl's depth.
 
     In each of 8 sectors, the mean of ``lum`` in the ring (``1.15–2 R``) less its mean beyond
-    (``2.3–3 R``); the median of the 8, over ``depth`` (default: the ring's mean less the
-    interior's, ``0–0.75 R``). NaN where no sector or no positive depth can be measured.
-    A shadow or wall against one side leaves the median to the other sides; a bright
-    neighbour on one side does not make it.
+    (``2.3–3 R``); the median of the 8, over ``depth``. NaN where no sector or no positive
+    depth can be measured. A shadow or wall against one side leaves the median to the other
+    sides; a bright neighbour on one side does not make it.
     """
     ring = annulus_means(lum, rows, cols, dy, dx, 1.15 * radius, 2.0 * radius, sectors=8)
     beyond = annulus_means(lum, rows, cols, dy, dx, 2.3 * radius, 3.0 * radius, sectors=8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # no finite sector: NaN
-        if depth is None:
-            inner = annulus_means(lum, rows, cols, dy, dx, np.zeros(len(rows)), 0.75 * radius)
-            depth = np.nanmean(ring, axis=1) - inner
         rise = np.nanmedian(ring - beyond, axis=1)
     return rise / np.where(depth > 0, depth, np.nan)
 

@@ -979,7 +979,15 @@ def test_apron__all_round_not_one_bright_neighbour() -> None:
     rho = np.hypot(yy - 40, xx - 40) / 5.0
     bowl = np.where(rho < 1, -0.2 * (1 - rho**2), 0.0)
     ground = np.full((80, 80), 0.5)
-    at = (np.array([40]), np.array([40]), np.zeros(1), np.zeros(1), np.array([5.0]))
+    # centre, offsets, radius, and the bowl's depth below its ring (as detect_craters measures)
+    at = (
+        np.array([40]),
+        np.array([40]),
+        np.zeros(1),
+        np.zeros(1),
+        np.array([5.0]),
+        np.full(1, 0.2),
+    )
     crater = ground + bowl + np.where((rho >= 1) & (rho < 2), 0.1, 0.0)
     crater[:, 49:] -= 0.3  # a shadow from 1.8 radii east
     assert _apron(crater, *at)[0] >= CraterParams().weak_ejecta_ramp[1]
