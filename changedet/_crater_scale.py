@@ -228,7 +228,8 @@ def find_candidates(
         iy, ix = np.nonzero((resp == peak) & (resp >= min_response))
         if len(iy) == 0:
             continue
-        ok, mean = _prominent(small, resp, iy, ix, r, f, min_prominence)
+        ratio, mean = _prominence(small, resp, iy, ix, r, f, min_prominence)
+        ok = ratio >= min_prominence
         by_texture = np.zeros(len(iy), bool)
         if texture is not None and r >= texture_min_radius_px and not ok.all():
             if f not in tex_cache:
@@ -240,11 +241,11 @@ def find_candidates(
             resp_t = sigma_d**2 * ndimage.gaussian_laplace(tex, sigma_d, truncate=TRUNCATE)
             dark = resp_t[iy[rest], ix[rest]] >= _TEXTURE_RESPONSE_SHARE * resp[iy[rest], ix[rest]]
             rest = rest[dark]
-            by_texture[rest] = _prominent(tex, resp, iy[rest], ix[rest], r, f, min_prominence)[0]
+            tex_ratio = _prominence(tex, resp, iy[rest], ix[rest], r, f, min_prominence)[0]
+            by_texture[rest] = tex_ratio >= min_prominence
         by_weak = np.zeros(len(iy), bool)
         if weak_prominence is not None and k >= scales.n_below:
-            rest = np.nonzero(~ok & ~by_texture)[0]
-            by_weak[rest] = _prominent(small, resp, iy[rest], ix[rest], r, f, weak_prominence)[0]
+            by_weak = ~ok & ~by_texture & (ratio >= weak_prominence)
         for keep, into, flag in (
             (ok, below if k < scales.n_below else rows, 0.0),
             (by_texture, extra, 0.0),
@@ -273,7 +274,7 @@ def find_candidates(
     return cand
 
 
-def _prominent(
+def _prominence(
     img: np.ndarray,
     resp: np.ndarray,
     iy: np.ndarray,
@@ -282,23 +283,27 @@ def _prominent(
     f: int,
     min_prominence: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Which LoG peaks ``(iy, ix)`` of one level stand out from the texture of ``img``, and the
-    mean of ``img`` around each (σ = 2 r).
+    """How far LoG peaks ``(iy, ix)`` of one level stand out from the texture of ``img``, and
+    the mean of ``img`` around each (σ = 2 r).
 
-    The texture of the wider neighbourhood (σ = 2 r) or, where that fails, of the crater's own
-    surroundings (σ = r, cut at 2.5 r: bowl, rim and ejecta apron): the calmer one decides, so
-    a building, edge or shadow beyond the apron does not hide a crater, nor one at its rim. Not
-    for blobs under 3 px, whose bowl the texture and roundness tests (which reject the clutter
-    this lets through) cannot judge.
+    The response over the texture's standard deviation (+ 0.005) in the wider neighbourhood
+    (σ = 2 r) or, where that falls short of ``min_prominence``, the larger of it and the same
+    in the crater's own surroundings (σ = r, cut at 2.5 r: bowl, rim and ejecta apron): the
+    calmer texture decides, so a building, edge or shadow beyond the apron does not hide a
+    crater, nor one at its rim. The second window not for blobs under 3 px, whose bowl the
+    texture and roundness tests (which reject the clutter this lets through) cannot judge.
+    Exact for any threshold up to ``min_prominence``.
     """
     mean, var = local_stats(img, iy, ix, 2 * r / f)
-    ok = resp[iy, ix] >= min_prominence * (np.sqrt(np.maximum(var, 0.0)) + 0.005)
-    near = np.nonzero(~ok)[0] if r >= _MIN_NEAR_RADIUS_PX else np.empty(0, np.int64)
-    _, var_near = local_stats(img, iy[near], ix[near], r / f)
-    ok[near] = resp[iy[near], ix[near]] >= min_prominence * (
-        np.sqrt(np.maximum(var_near, 0.0)) + 0.005
-    )
-    return ok, mean
+    peak = resp[iy, ix]
+    ratio = peak / (np.sqrt(np.maximum(var, 0.0)) + 0.005)
+    near = np.nonzero(ratio < min_prominence)[0]
+    if r >= _MIN_NEAR_RADIUS_PX and len(near):
+        _, var_near = local_stats(img, iy[near], ix[near], r / f)
+        ratio[near] = np.maximum(
+            ratio[near], peak[near] / (np.sqrt(np.maximum(var_near, 0.0)) + 0.005)
+        )
+    return ratio, mean
 
 
 def _near_stronger(add: np.ndarray, cand: np.ndarray) -> np.ndarray:
